@@ -1,0 +1,506 @@
+"""Brain-Inspired Modular Training (BIMT), the core.
+
+Liu, Gan, Tegmark (2023), "Seeing is Believing: Brain-Inspired Modular Training for Mechanistic
+Interpretability", arXiv:2305.08746.
+
+Every neuron has a position in space. The loss pays for each connection in proportion to its length
+(`connection_cost`), and every few hundred steps neurons of a layer exchange places when that lowers the
+cost (`relocate`); a swap permutes weights, never the function the network computes.
+
+Read top to bottom: geometry -> layers -> models -> cost -> swapping -> training.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# ----------------------------------------------------------------------------------------------------------
+# Geometry
+
+
+def neuron_coords(n: int, geometry: str = "line", fold: int = 1) -> torch.Tensor:
+    """Positions of the n neurons of one layer, shape (n, 1) for 'line' and (n, 2) for 'grid' and 'ring'.
+
+    A layer with fold f is f stacked copies of n/f neurons (e.g. the concatenated embeddings of a and b, or
+    q|k|v): the n/f positions repeat f times, so copy c of unit u sits where unit u does.
+    - line: unit k of m at x = (2k+1)/(2m) on [0, 1];
+    - grid: m must be a square s*s; unit k at column k % s, row k // s, cell centres on [0, 1]^2;
+    - ring: m units on a circle of radius 1/4 centred at (0.5, 0.5) (the MNIST outputs).
+    """
+    if not isinstance(n, int) or n <= 0:
+        raise ValueError(f"layer width must be a positive integer, got {n!r}")
+    if not isinstance(fold, int) or fold <= 0 or n % fold:
+        raise ValueError(f"fold {fold!r} must be a positive integer dividing the layer width {n}")
+    m = n // fold
+    k = torch.arange(m, dtype=torch.float32)
+    if geometry == "line":
+        c = ((2 * k + 1) / (2 * m))[:, None]
+    elif geometry == "grid":
+        s = math.isqrt(m)
+        if s * s != m:
+            raise ValueError(f"a 2D grid layer needs a perfect-square width per fold copy, got {m} "
+                             f"(nearest squares {s * s} and {(s + 1) ** 2})")
+        c = torch.stack([(2 * (k % s) + 1) / (2 * s), (2 * (k // s) + 1) / (2 * s)], dim=1)
+    elif geometry == "ring":
+        theta = 2 * math.pi * k / m
+        c = torch.stack([0.5 + 0.25 * torch.cos(theta), 0.5 + 0.25 * torch.sin(theta)], dim=1)
+    else:
+        raise ValueError(f"unknown geometry {geometry!r}; expected 'line', 'grid' or 'ring'")
+    return c.repeat(fold, 1)
+
+
+def manhattan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pairwise Manhattan distances, (n, d) x (m, d) -> (n, m). In 1D it is |dx|."""
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"cannot measure distances between {a.shape[1]}D and {b.shape[1]}D coordinates")
+    return (a[:, None, :] - b[None, :, :]).abs().sum(-1)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Layers
+
+
+class BioLinear(nn.Linear):
+    """nn.Linear whose input and output neurons carry coordinates (buffers, not learned).
+
+    `dist` (out, in) holds every connection's length, computed once from the coordinates. Neurons never
+    move: a swap exchanges the weights of two positions, so coordinates and distances stay fixed.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, in_geometry: str = "line",
+                 out_geometry: str = "line", in_fold: int = 1, out_fold: int = 1,
+                 generator: torch.Generator | None = None):
+        self._generator = generator  # read by reset_parameters, which nn.Linear.__init__ calls
+        super().__init__(in_features, out_features, bias=bias)
+        del self._generator
+        self.in_fold, self.out_fold = in_fold, out_fold
+        self.register_buffer("in_coords", neuron_coords(in_features, in_geometry, in_fold))
+        self.register_buffer("out_coords", neuron_coords(out_features, out_geometry, out_fold))
+        self.register_buffer("dist", manhattan(self.out_coords, self.in_coords), persistent=False)
+
+    def reset_parameters(self) -> None:
+        # nn.Linear's default init, drawn from an explicit generator so that seeds come from the caller.
+        g = getattr(self, "_generator", None)
+        bound = 1 / math.sqrt(self.in_features)
+        nn.init.uniform_(self.weight, -bound, bound, generator=g)
+        if self.bias is not None:
+            nn.init.uniform_(self.bias, -bound, bound, generator=g)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"BioLinear expects inputs of width {self.in_features}, got shape {tuple(x.shape)}")
+        return super().forward(x)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self.dist = manhattan(self.out_coords, self.in_coords)  # coordinates may have been replaced
+
+
+@dataclass
+class NeuronLayer:
+    """One layer of swappable units and every tensor slice that belongs to each unit.
+
+    `members` lists (module, attribute, dim, index): the unit u owns entries index[:, u] of that tensor along
+    dim (index has shape (copies, n_units); copies > 1 for folds and for heads). Roles: 'in' marks a
+    BioLinear weight whose rows are the unit's incoming connections, 'out' one whose columns are its outgoing
+    connections, 'embed' a token embedding feeding the unit; None is carried along (biases, permutations).
+    """
+    name: str
+    n_units: int
+    members: list = field(default_factory=list)
+    fixed: bool = False
+
+    def add(self, module: nn.Module, attr: str, dim: int, index: torch.Tensor, role: str | None = None):
+        self.members.append((module, attr, dim, index, role))
+
+
+def fold_index(n: int, fold: int) -> torch.Tensor:
+    """(fold, n // fold) index: unit u of a folded layer owns positions u, u + n/f, u + 2n/f, ..."""
+    return torch.arange(n).view(fold, n // fold)
+
+
+def _activation(name: str):
+    acts = {"silu": F.silu, "relu": F.relu, "gelu": F.gelu, "tanh": torch.tanh}
+    if name not in acts:
+        raise ValueError(f"unknown activation {name!r}; expected one of {sorted(acts)}")
+    return acts[name]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Models
+
+
+class BioMLP(nn.Module):
+    """The MLPs of the paper: shape [n0, n1, ..., nL] of BioLinear layers with an activation in between.
+
+    geometry:     'line' (1D) or 'grid' (2D) for the input and hidden layers.
+    out_geometry: geometry of the output layer, default the same; 'ring' puts MNIST's outputs on a circle.
+    in_fold:      the input layer is in_fold stacked copies (concatenated operand embeddings).
+    vocab_size:   if set, the input is in_fold tokens per example, embedded by a learned (vocab, n0 / in_fold)
+                  table and concatenated: x (B, in_fold) long -> concat(E[x[:, 0]], E[x[:, 1]], ...).
+    fix_inputs:   input neurons are never swapped (pixels keep their place).
+
+    in_perm[p] is the caller's input feature sitting at input position p, out_perm[p] the caller's output at
+    output position p; swaps update them so the caller always sees the original order.
+    """
+
+    def __init__(self, shape, geometry: str = "line", out_geometry: str | None = None, in_fold: int = 1,
+                 vocab_size: int | None = None, activation: str = "silu", fix_inputs: bool = False,
+                 bias: bool = True, generator: torch.Generator | None = None):
+        super().__init__()
+        shape = [int(w) for w in shape]
+        if len(shape) < 2:
+            raise ValueError(f"shape needs at least an input and an output width, got {shape}")
+        if any(w <= 0 for w in shape):
+            raise ValueError(f"layer widths must be positive, got {shape}")
+        self.shape = shape
+        self.act = _activation(activation)
+        self.fix_inputs = fix_inputs
+        geos = [geometry] * (len(shape) - 1) + [out_geometry or geometry]
+        folds = [in_fold] + [1] * (len(shape) - 1)
+        self.linears = nn.ModuleList(
+            BioLinear(shape[i], shape[i + 1], bias, geos[i], geos[i + 1], folds[i], folds[i + 1], generator)
+            for i in range(len(shape) - 1))
+        if vocab_size is not None:
+            self.embedding = nn.Parameter(torch.randn(vocab_size, shape[0] // in_fold, generator=generator))
+            self.register_buffer("in_perm", torch.arange(0))  # tokens are not features: nothing to permute
+        else:
+            self.embedding = None
+            self.register_buffer("in_perm", torch.arange(shape[0]))
+        self.register_buffer("out_perm", torch.arange(shape[-1]))
+
+    @property
+    def in_fold(self) -> int:
+        return self.linears[0].in_fold
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, n0) features, or (B, in_fold) tokens -> (B, n0) input-layer activations."""
+        if self.embedding is None:
+            if x.dim() != 2 or x.shape[1] != self.shape[0]:
+                raise ValueError(f"BioMLP expects inputs of shape (batch, {self.shape[0]}), got {tuple(x.shape)}")
+            return x[:, self.in_perm]
+        if x.dim() != 2 or x.shape[1] != self.in_fold or x.dtype != torch.long:
+            raise ValueError(f"BioMLP with an embedding expects long tokens of shape (batch, {self.in_fold}), "
+                             f"got {x.dtype} {tuple(x.shape)}")
+        vocab = self.embedding.shape[0]
+        if x.numel() and (x.min() < 0 or x.max() >= vocab):
+            raise ValueError(f"tokens must lie in [0, {vocab}), got values in [{x.min()}, {x.max()}]")
+        return self.embedding[x].flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_internal(self.embed(x))[:, torch.argsort(self.out_perm)]
+
+    def forward_internal(self, h: torch.Tensor, return_all: bool = False):
+        """Input-layer activations -> output-layer activations in internal (position) order.
+        With return_all, the list of every neuron layer's activations, input first."""
+        acts = [h]
+        for i, lin in enumerate(self.linears):
+            h = lin(h)
+            if i < len(self.linears) - 1:
+                h = self.act(h)
+            acts.append(h)
+        return acts if return_all else h
+
+    def neuron_layers(self) -> list[NeuronLayer]:
+        """The swappable layers, input first. Built on demand: they reference the current tensors."""
+        n = len(self.linears)
+        layers = []
+        for i in range(n + 1):
+            width = self.shape[i]
+            fold = self.in_fold if i == 0 else 1
+            idx = fold_index(width, fold)
+            name = "input" if i == 0 else ("output" if i == n else f"hidden{i}")
+            layer = NeuronLayer(name, width // fold, fixed=(i == 0 and self.fix_inputs))
+            if i == 0:
+                if self.embedding is not None:
+                    layer.add(self, "embedding", 1, idx[:1], "embed")
+                else:
+                    layer.add(self, "in_perm", 0, idx)
+            else:
+                layer.add(self.linears[i - 1], "weight", 0, idx, "in")
+                if self.linears[i - 1].bias is not None:
+                    layer.add(self.linears[i - 1], "bias", 0, idx)
+            if i < n:
+                layer.add(self.linears[i], "weight", 1, idx, "out")
+            else:
+                layer.add(self, "out_perm", 0, idx)
+            layers.append(layer)
+        return layers
+
+    def swap(self, layer, j: int, k: int, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Exchange units j and k of a neuron layer (index or name); the function is unchanged."""
+        swap_units(self, layer, j, k, optimizer)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Connection cost
+
+
+def _linears(model: nn.Module) -> list[BioLinear]:
+    lins = [m for m in model.modules() if isinstance(m, BioLinear)]
+    if not lins:
+        raise ValueError(f"{type(model).__name__} has no BioLinear layers to pay a connection cost for")
+    return lins
+
+
+def _agg_scale(t: torch.Tensor, agg: str) -> float:
+    if agg == "sum":
+        return 1.0
+    if agg == "mean":
+        return 1.0 / t.numel()
+    raise ValueError(f"agg must be 'sum' or 'mean', got {agg!r}")
+
+
+def cost_coefficients(model: nn.Module, weight_factor: float = 1.0, l0: float = 0.1, agg: str = "sum",
+                      last_layer_l0_only: bool = False) -> dict:
+    """{BioLinear: (coef, scale)}: a weight W_ij costs scale * |W_ij| * coef_ij, coef = A * d_ij + l0."""
+    lins = _linears(model)
+    out = {}
+    for i, lin in enumerate(lins):
+        a = 0.0 if (last_layer_l0_only and i == len(lins) - 1) else weight_factor
+        out[lin] = (a * lin.dist + l0, _agg_scale(lin.weight, agg))
+    return out
+
+
+def connection_cost(model: nn.Module, weight_factor: float = 1.0, l0: float = 0.1, agg: str = "sum",
+                    bias_penalty: bool = False, embedding_penalty: bool = False,
+                    last_layer_l0_only: bool = False) -> torch.Tensor:
+    """agg_ij |W_ij| (A d_ij + l0) summed over every BioLinear, + agg |b| l0 with bias_penalty,
+    + agg |E| l0 for the token embedding with embedding_penalty. A scalar tensor with gradients.
+
+    agg 'sum' adds every term; 'mean' averages within each tensor (the paper's setting for Fig 5-8).
+    last_layer_l0_only: the last BioLinear pays l0 * |w| only, without the distance term (MNIST).
+    """
+    cost = 0.0
+    for lin, (coef, scale) in cost_coefficients(model, weight_factor, l0, agg, last_layer_l0_only).items():
+        cost = cost + scale * (lin.weight.abs() * coef).sum()
+        if bias_penalty and lin.bias is not None:
+            cost = cost + _agg_scale(lin.bias, agg) * l0 * lin.bias.abs().sum()
+    emb = getattr(model, "embedding", None)
+    if embedding_penalty and emb is not None:
+        cost = cost + _agg_scale(emb, agg) * l0 * emb.abs().sum()
+    return cost
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Swapping
+
+
+def _get_layer(model: nn.Module, layer) -> NeuronLayer:
+    layers = model.neuron_layers()
+    if isinstance(layer, str):
+        for nl in layers:
+            if nl.name == layer:
+                return nl
+        raise ValueError(f"no neuron layer named {layer!r}; layers are {[nl.name for nl in layers]}")
+    if not isinstance(layer, int) or not -len(layers) <= layer < len(layers):
+        raise ValueError(f"layer must be a name or an index in [0, {len(layers)}), got {layer!r}")
+    return layers[layer]
+
+
+def _swap_perm(size: int, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    perm = torch.arange(size)
+    perm[a], perm[b] = b, a  # a, b are fresh index tensors, not views of perm: no aliasing
+    return perm
+
+
+def swap_units(model: nn.Module, layer, j: int, k: int,
+               optimizer: torch.optim.Optimizer | None = None) -> None:
+    """Exchange units j and k of `layer` in every member tensor (and in the optimizer's per-parameter state,
+    e.g. Adam's moments, so training continues exactly as if nothing had moved)."""
+    nl = _get_layer(model, layer)
+    if nl.fixed:
+        raise ValueError(f"neuron layer {nl.name!r} is fixed (fix_inputs=True); its neurons cannot be swapped")
+    for u in (j, k):
+        if not isinstance(u, int) or not 0 <= u < nl.n_units:
+            raise ValueError(f"unit index must be an int in [0, {nl.n_units}) for layer {nl.name!r}, got {u!r}")
+    if j == k:
+        return
+    for module, attr, dim, index, _ in nl.members:
+        t = getattr(module, attr)
+        perm = _swap_perm(t.shape[dim], index[:, j], index[:, k]).to(t.device)
+        with torch.no_grad():
+            t.copy_(t.index_select(dim, perm))
+        state = optimizer.state.get(t, {}) if optimizer is not None else {}
+        for v in state.values():
+            if torch.is_tensor(v) and v.shape == t.shape:
+                v.copy_(v.index_select(dim, perm))
+
+
+def neuron_scores(nl: NeuronLayer) -> torch.Tensor:
+    """Per unit: sum |incoming weights| + sum |outgoing weights| (all fold copies). Shape (n_units,)."""
+    score = torch.zeros(nl.n_units, dtype=torch.float64)
+    for module, attr, dim, index, role in nl.members:
+        if role is None:
+            continue
+        w = getattr(module, attr).detach().abs().double()
+        per_pos = w.sum(dim=1 - dim)  # (size along dim,)
+        score += per_pos[index].sum(0).cpu()
+    return score
+
+
+def placement_costs(nl: NeuronLayer, coefs: dict) -> torch.Tensor:
+    """P[a, p] = connection cost of the weights of the unit now at position a if it sat at position p
+    (float64, shape (n_units, n_units)). Swapping j and k changes the total cost by
+    P[j, k] + P[k, j] - P[j, j] - P[k, k]: one matrix product per BioLinear scores every candidate."""
+    P = torch.zeros(nl.n_units, nl.n_units, dtype=torch.float64)
+    in_lins, out_lins = [], []
+    for module, attr, dim, index, role in nl.members:
+        if role not in ("in", "out") or not isinstance(module, BioLinear):
+            continue  # embeddings and biases pay l0 * |w| wherever they sit
+        (in_lins if role == "in" else out_lins).append(module)
+        w = module.weight.detach().abs().double()
+        coef, scale = coefs[module]
+        coef = coef.double()
+        # G[r, s] = cost of the connections that row (in) / column (out) r has, placed at position s
+        G = w @ coef.T if role == "in" else w.T @ coef
+        P += scale * G[index[:, :, None], index[:, None, :]].sum(0).cpu()
+    if set(in_lins) & set(out_lins):
+        raise NotImplementedError(f"layer {nl.name!r} has a BioLinear on both sides; its swap cost is not separable")
+    return P
+
+
+def relocate(model: nn.Module, top_k: int, optimizer: torch.optim.Optimizer | None = None,
+             **cost_kwargs) -> int:
+    """The paper's greedy swap pass; returns the number of swaps made.
+
+    For each neuron layer in order (fixed layers skipped), rank units by `neuron_scores`, take the top_k, and
+    for each of those units in turn (following it if an earlier swap moved it) find the partner whose swap
+    gives the lowest total connection cost; swap if that is lower than the current cost. This chooses
+    exactly what recomputing `connection_cost` for every candidate would (tests/test_core.py checks it
+    against that brute force), at the price of one small matrix product per layer.
+    cost_kwargs: those of `connection_cost` (biases and embeddings do not depend on position).
+    """
+    coefs = cost_coefficients(model, **{k: v for k, v in cost_kwargs.items()
+                                         if k not in ("bias_penalty", "embedding_penalty")})
+    swaps = 0
+    for li, nl in enumerate(model.neuron_layers()):
+        if nl.fixed or nl.n_units < 2:
+            continue
+        P = placement_costs(nl, coefs)
+        order = torch.argsort(neuron_scores(nl), descending=True, stable=True)[:top_k].tolist()
+        where = list(range(nl.n_units))  # where[u]: position of the unit that started at u
+        at = list(range(nl.n_units))     # at[p]: the unit now at position p
+        for u in order:
+            j = where[u]
+            delta = P[j] + P[:, j] - P[j, j] - P.diagonal()
+            delta[j] = math.inf
+            k = int(torch.argmin(delta))
+            if delta[k] < 0:
+                swap_units(model, li, j, k, optimizer)
+                P[[j, k]] = P[[k, j]]
+                at[j], at[k] = at[k], at[j]
+                where[at[j]], where[at[k]] = j, k
+                swaps += 1
+    return swaps
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Training
+
+
+@dataclass
+class BIMTConfig:
+    """The knobs of one BIMT run. Experiments subclass it and add their shape, data sizes, etc.
+
+    lam_schedule: (fraction, multiplier) pairs; from step int(fraction * steps) on, lambda is multiplied by
+    the multiplier (cumulatively): ((0.25, 10), (0.75, 0.1)) is 'x10 at 1/4, x0.1 at 3/4'.
+    bias_penalty_from: fraction of training after which biases pay l0 * |b| (None: never).
+    """
+    steps: int = 20000
+    lr: float = 2e-3
+    lam: float = 1e-3
+    lam_schedule: tuple = ((0.25, 10.0), (0.75, 0.1))
+    weight_factor: float = 1.0  # A
+    l0: float = 0.1
+    agg: str = "sum"
+    bias_penalty_from: float | None = 0.75
+    embedding_penalty: bool = False
+    last_layer_l0_only: bool = False
+    swap: bool = True
+    swap_every: int = 200
+    top_k: int = 5
+    batch_size: int | None = None  # None: full batch
+    eval_every: int = 200
+    seed: int = 0
+
+    def lam_at(self, step: int) -> float:
+        lam = self.lam
+        for frac, mult in self.lam_schedule:
+            if step >= int(frac * self.steps):
+                lam *= mult
+        return lam
+
+    def cost_kwargs(self, step: int | None = None) -> dict:
+        """Keyword arguments of connection_cost / relocate at `step` (None: the end of training)."""
+        step = self.steps if step is None else step
+        bias = self.bias_penalty_from is not None and step >= int(self.bias_penalty_from * self.steps)
+        return dict(weight_factor=self.weight_factor, l0=self.l0, agg=self.agg, bias_penalty=bias,
+                    embedding_penalty=self.embedding_penalty, last_layer_l0_only=self.last_layer_l0_only)
+
+
+def train(model: nn.Module, cfg: BIMTConfig, train_data: tuple, test_data: tuple, loss_fn,
+          metric_fn=None, snapshot_fn=None, snapshot_every: int | None = None, progress: bool = True) -> dict:
+    """Train with loss_fn(model(x), y) + lambda * connection_cost, swapping every cfg.swap_every steps.
+
+    train_data, test_data: (inputs, targets) tensors. metric_fn(outputs, targets) -> float (e.g. accuracy)
+    is evaluated on the test set every cfg.eval_every steps and at the last step, as is the test loss.
+    snapshot_fn(step, model) is called every snapshot_every steps and at the last step (for animations).
+    Returns the history as plain lists: step, train_loss, test_loss, metric, cost, lam, swaps.
+    Raises FloatingPointError naming the step and lambda if the loss stops being finite.
+    """
+    from tqdm.auto import tqdm
+
+    x_tr, y_tr = train_data
+    x_te, y_te = test_data
+    if len(x_tr) != len(y_tr) or len(x_te) != len(y_te):
+        raise ValueError(f"inputs and targets differ in length: train {len(x_tr)} vs {len(y_tr)}, "
+                         f"test {len(x_te)} vs {len(y_te)}")
+    gen = torch.Generator().manual_seed(cfg.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    hist = {k: [] for k in ("step", "train_loss", "test_loss", "metric", "cost", "lam", "swaps")}
+    swaps = 0
+    bar = tqdm(range(cfg.steps), disable=not progress, mininterval=0.5)
+    for step in bar:
+        lam, ckw = cfg.lam_at(step), cfg.cost_kwargs(step)
+        if cfg.batch_size is None:
+            xb, yb = x_tr, y_tr
+        else:
+            idx = torch.randint(len(x_tr), (cfg.batch_size,), generator=gen)
+            xb, yb = x_tr[idx], y_tr[idx]
+        task = loss_fn(model(xb), yb)
+        cost = connection_cost(model, **ckw)
+        loss = task + lam * cost
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at step {step} (lambda={lam:g}, task loss "
+                                     f"{task.item():.4g}, cost {cost.item():.4g}); try a lower lr or lambda")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if cfg.swap and cfg.swap_every and (step + 1) % cfg.swap_every == 0:
+            swaps += relocate(model, cfg.top_k, optimizer=opt, **ckw)
+        last = step == cfg.steps - 1
+        if snapshot_fn is not None and snapshot_every and (step % snapshot_every == 0 or last):
+            snapshot_fn(step, model)
+        if step % cfg.eval_every == 0 or last:
+            with torch.no_grad():
+                out = model(x_te)
+                hist["step"].append(step)
+                hist["train_loss"].append(task.item())
+                hist["test_loss"].append(loss_fn(out, y_te).item())
+                hist["metric"].append(None if metric_fn is None else float(metric_fn(out, y_te)))
+                hist["cost"].append(cost.item())
+                hist["lam"].append(lam)
+                hist["swaps"].append(swaps)
+            bar.set_postfix(train=f"{task.item():.2e}", test=f"{hist['test_loss'][-1]:.2e}",
+                            cost=f"{cost.item():.3g}", refresh=False)
+    return hist
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Fraction of rows whose argmax equals the label."""
+    return (logits.argmax(-1) == labels).float().mean().item()

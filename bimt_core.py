@@ -161,6 +161,10 @@ class BioMLP(nn.Module):
         self.act = _activation(activation)
         self.fix_inputs = fix_inputs
         geos = [geometry] * (len(shape) - 1) + [out_geometry or geometry]
+        dims = {"line": 1, "grid": 2, "ring": 2}
+        if geos[0] in dims and geos[-1] in dims and dims[geos[0]] != dims[geos[-1]]:
+            raise ValueError(f"geometry {geos[0]!r} is {dims[geos[0]]}D but out_geometry {geos[-1]!r} is "
+                             f"{dims[geos[-1]]}D; all layers must live in the same space (e.g. 'grid' with 'ring')")
         folds = [in_fold] + [1] * (len(shape) - 1)
         self.linears = nn.ModuleList(
             BioLinear(shape[i], shape[i + 1], bias, geos[i], geos[i + 1], folds[i], folds[i + 1], generator)
@@ -291,6 +295,8 @@ def connection_cost(model: nn.Module, weight_factor: float = 1.0, l0: float = 0.
 
 
 def _get_layer(model: nn.Module, layer) -> NeuronLayer:
+    if isinstance(layer, NeuronLayer):
+        return layer
     layers = model.neuron_layers()
     if isinstance(layer, str):
         for nl in layers:
@@ -302,16 +308,16 @@ def _get_layer(model: nn.Module, layer) -> NeuronLayer:
     return layers[layer]
 
 
-def _swap_perm(size: int, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    perm = torch.arange(size)
-    perm[a], perm[b] = b, a  # a, b are fresh index tensors, not views of perm: no aliasing
-    return perm
+def _swap_slices(t: torch.Tensor, dim: int, a: torch.Tensor, b: torch.Tensor) -> None:
+    ta, tb = t.index_select(dim, a), t.index_select(dim, b)  # copies, so no aliasing between the two
+    t.index_copy_(dim, a, tb)
+    t.index_copy_(dim, b, ta)
 
 
 def swap_units(model: nn.Module, layer, j: int, k: int,
                optimizer: torch.optim.Optimizer | None = None) -> None:
-    """Exchange units j and k of `layer` in every member tensor (and in the optimizer's per-parameter state,
-    e.g. Adam's moments, so training continues exactly as if nothing had moved)."""
+    """Exchange units j and k of `layer` (index, name or NeuronLayer) in every member tensor, and in the
+    optimizer's per-parameter state (e.g. Adam's moments) so that training goes on as if nothing moved."""
     nl = _get_layer(model, layer)
     if nl.fixed:
         raise ValueError(f"neuron layer {nl.name!r} is fixed (fix_inputs=True); its neurons cannot be swapped")
@@ -322,13 +328,13 @@ def swap_units(model: nn.Module, layer, j: int, k: int,
         return
     for module, attr, dim, index, _ in nl.members:
         t = getattr(module, attr)
-        perm = _swap_perm(t.shape[dim], index[:, j], index[:, k]).to(t.device)
+        a, b = index[:, j].to(t.device), index[:, k].to(t.device)
         with torch.no_grad():
-            t.copy_(t.index_select(dim, perm))
+            _swap_slices(t, dim, a, b)
         state = optimizer.state.get(t, {}) if optimizer is not None else {}
         for v in state.values():
             if torch.is_tensor(v) and v.shape == t.shape:
-                v.copy_(v.index_select(dim, perm))
+                _swap_slices(v, dim, a, b)
 
 
 def neuron_scores(nl: NeuronLayer) -> torch.Tensor:
@@ -364,21 +370,27 @@ def placement_costs(nl: NeuronLayer, coefs: dict) -> torch.Tensor:
     return P
 
 
+SWAP_TOL = 1e-9  # a swap must lower the cost by more than this fraction of the total: ties are not swaps
+
+
 def relocate(model: nn.Module, top_k: int, optimizer: torch.optim.Optimizer | None = None,
              **cost_kwargs) -> int:
     """The paper's greedy swap pass; returns the number of swaps made.
 
     For each neuron layer in order (fixed layers skipped), rank units by `neuron_scores`, take the top_k, and
     for each of those units in turn (following it if an earlier swap moved it) find the partner whose swap
-    gives the lowest total connection cost; swap if that is lower than the current cost. This chooses
-    exactly what recomputing `connection_cost` for every candidate would (tests/test_core.py checks it
-    against that brute force), at the price of one small matrix product per layer.
+    gives the lowest total connection cost; swap if that lowers the cost by more than SWAP_TOL of the total
+    (exact ties, e.g. output swaps when the last layer pays l0 only, would otherwise be decided by rounding).
+    This chooses exactly what recomputing `connection_cost` for every candidate would (tests/test_core.py
+    checks it against that brute force), at the price of one small matrix product per layer.
     cost_kwargs: those of `connection_cost` (biases and embeddings do not depend on position).
     """
+    with torch.no_grad():
+        tol = SWAP_TOL * float(connection_cost(model, **cost_kwargs))
     coefs = cost_coefficients(model, **{k: v for k, v in cost_kwargs.items()
                                          if k not in ("bias_penalty", "embedding_penalty")})
     swaps = 0
-    for li, nl in enumerate(model.neuron_layers()):
+    for nl in model.neuron_layers():
         if nl.fixed or nl.n_units < 2:
             continue
         P = placement_costs(nl, coefs)
@@ -390,8 +402,8 @@ def relocate(model: nn.Module, top_k: int, optimizer: torch.optim.Optimizer | No
             delta = P[j] + P[:, j] - P[j, j] - P.diagonal()
             delta[j] = math.inf
             k = int(torch.argmin(delta))
-            if delta[k] < 0:
-                swap_units(model, li, j, k, optimizer)
+            if delta[k] < -tol:
+                swap_units(model, nl, j, k, optimizer)
                 P[[j, k]] = P[[k, j]]
                 at[j], at[k] = at[k], at[j]
                 where[at[j]], where[at[k]] = j, k

@@ -200,3 +200,27 @@ def test_bad_inputs():
         m.swap("block9.heads", 0, 1)
     with pytest.raises(ValueError, match="unit index"):
         m.swap("block0.head0", 0, 8)
+
+
+def test_swaps_carry_adam_state():
+    """On the task loss alone (the connection cost depends on position by design), training after swaps, with
+    the optimizer's moments moved too, computes what training without them does."""
+    a = make(n_heads=2, layer_norm=True)
+    b = copy.deepcopy(a)
+    x = inputs(a)
+    opts = [torch.optim.AdamW(m.parameters(), lr=1e-2, weight_decay=0.0) for m in (a, b)]
+
+    def step(m, opt):
+        loss = m(x).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    for m, opt in zip((a, b), opts):
+        step(m, opt)
+    for name, j, k in (("residual", 1, 6), ("block0.heads", 0, 1), ("block1.head1", 0, 3),
+                       ("block0.mlp_hidden", 2, 9), ("output", 0, 2)):
+        a.swap(name, j, k, optimizer=opts[0])
+    for m, opt in zip((a, b), opts):
+        step(m, opt)
+    assert torch.allclose(a(x), b(x), atol=1e-10, rtol=0)

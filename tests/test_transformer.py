@@ -10,6 +10,15 @@ from bimt_core import (BioLinear, BioTransformer, connection_cost, neuron_coords
 COST = dict(weight_factor=2.0, l0=0.5, agg="mean")  # Fig 7's cost settings
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These models are tiny: more threads only add overhead, ~100x on a busy shared machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def make(n_heads=1, layer_norm=False, seed=0, **kw):
     """A small float64 transformer; LayerNorm affine parameters randomised so that swapping them matters."""
     g = torch.Generator().manual_seed(seed)

@@ -4,8 +4,8 @@ import copy
 import pytest
 import torch
 
-from bimt_core import (BioLinear, BioTransformer, connection_cost, neuron_coords, neuron_scores, relocate,
-                       swap_units)
+from bimt_core import BioLinear, BioTransformer, connection_cost, neuron_coords, relocate
+from test_core import brute_force_relocate  # the oracle: every candidate, whole cost recomputed
 
 COST = dict(weight_factor=2.0, l0=0.5, agg="mean")  # Fig 7's cost settings
 
@@ -135,33 +135,6 @@ def test_input_output_swaps_keep_caller_order():
     m.swap("output", 0, 2)
     assert m.in_perm.tolist() == [1, 0] and m.out_perm.tolist() == [2, 1, 0]
     assert torch.allclose(m(x), y0, atol=1e-12, rtol=0)
-
-
-def brute_force_relocate(model, top_k, **cost_kwargs) -> int:
-    """The authors' procedure: for each candidate swap, do it, recompute the whole cost, undo it."""
-    swaps = 0
-    for li, nl in enumerate(model.neuron_layers()):
-        if nl.fixed or nl.n_units < 2:
-            continue
-        order = torch.argsort(neuron_scores(nl), descending=True, stable=True)[:top_k].tolist()
-        where, at = list(range(nl.n_units)), list(range(nl.n_units))
-        for u in order:
-            j = where[u]
-            best, best_k = connection_cost(model, **cost_kwargs).item(), None
-            for k in range(nl.n_units):
-                if k == j:
-                    continue
-                swap_units(model, li, j, k)
-                c = connection_cost(model, **cost_kwargs).item()
-                swap_units(model, li, j, k)
-                if c < best:
-                    best, best_k = c, k
-            if best_k is not None:
-                swap_units(model, li, j, best_k)
-                at[j], at[best_k] = at[best_k], at[j]
-                where[at[j]], where[at[best_k]] = j, best_k
-                swaps += 1
-    return swaps
 
 
 @pytest.mark.parametrize("n_heads,layer_norm,top_k,cost", [

@@ -7,11 +7,12 @@ Every neuron has a position in space. The loss pays for each connection in propo
 (`connection_cost`), and every few hundred steps neurons of a layer exchange places when that lowers the
 cost (`relocate`); a swap permutes weights, never the function the network computes.
 
-Read top to bottom: geometry -> layers -> models -> cost -> swapping -> training.
+Read top to bottom: geometry -> layers -> models -> cost -> swapping -> analysis -> training.
 """
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -549,6 +550,282 @@ def relocate(model: nn.Module, top_k: int, optimizer: torch.optim.Optimizer | No
                 where[at[j]], where[at[k]] = j, k
                 swaps += 1
     return swaps
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Analysis
+
+
+@dataclass
+class Graph:
+    """Rows of neurons (bottom to top) and the BioLinears between them; what analysis and plotting walk.
+
+    edges[i] = (name, linear, src, dst): `linear` reads row src and writes row dst, listed in an order where
+    every row is written before it is read. A model may describe itself with a `graph()` method (a
+    transformer labels its rows 'embed', 'attention', 'residual', 'mlp', 'output'); a BioMLP is the chain
+    input -> hidden1 -> ... -> output, named as in `neuron_layers`.
+    """
+    rows: list
+    edges: list
+
+
+def network_graph(model: nn.Module) -> Graph:
+    if hasattr(model, "graph"):
+        return model.graph()
+    if not isinstance(getattr(model, "linears", None), nn.ModuleList):
+        raise ValueError(f"{type(model).__name__} has no graph() method and no .linears chain; pass graph=")
+    n = len(model.linears)
+    rows = ["input"] + [f"hidden{i}" for i in range(1, n)] + ["output"]
+    return Graph(rows, [(f"linears.{i}", lin, i, i + 1) for i, lin in enumerate(model.linears)])
+
+
+@dataclass
+class Row:
+    """One row of neurons: coords (n, d); unit[p] = the unit at position p (copies of a folded embedded
+    input are one unit, the embedding dimension); caller[p] = the caller's index of that input or output
+    (through in_perm / out_perm), None for hidden rows."""
+    name: str
+    coords: torch.Tensor
+    fold: int
+    unit: torch.Tensor
+    caller: torch.Tensor | None
+    kind: str  # 'input', 'hidden' or 'output'
+
+
+def graph_rows(model: nn.Module, graph: Graph) -> list[Row]:
+    found = {}
+    for _, lin, s, d in graph.edges:
+        found.setdefault(s, (lin.in_coords.cpu(), lin.in_fold))
+        found.setdefault(d, (lin.out_coords.cpu(), lin.out_fold))
+    srcs, dsts = {e[2] for e in graph.edges}, {e[3] for e in graph.edges}
+    rows = []
+    for r, name in enumerate(graph.rows):
+        coords, fold = found[r]
+        n, pos = len(coords), torch.arange(len(coords))
+        kind = "input" if r not in dsts else ("output" if r not in srcs else "hidden")
+        unit, caller = pos, None
+        if kind == "input":
+            perm = getattr(model, "in_perm", torch.arange(0)).cpu()
+            unit = pos if len(perm) == n else pos % (n // fold)  # no perm: embedding dims, copies tied
+            caller = perm if len(perm) == n else unit
+        elif kind == "output":
+            perm = getattr(model, "out_perm", torch.arange(0)).cpu()
+            caller = perm if len(perm) == n else pos
+        rows.append(Row(name, coords, fold, unit, caller, kind))
+    return rows
+
+
+def surviving(graph: Graph, threshold: float = 0.0) -> list[torch.Tensor]:
+    """Per edge, the (out, in) bool mask of connections with w != 0 and |w| >= threshold * max |w| of
+    that layer (threshold is relative: 0 keeps every non-zero weight, 1 only the strongest)."""
+    masks = []
+    for _, lin, _, _ in graph.edges:
+        w = lin.weight.detach().abs().cpu()
+        masks.append((w > 0) & (w >= threshold * w.max()))
+    return masks
+
+
+def active_neurons(rows: list[Row], graph: Graph, masks: list) -> list[torch.Tensor]:
+    """Per row, a bool per unit. A neuron is active if it keeps at least one incoming and one outgoing
+    connection; inputs need only an outgoing one, outputs only an incoming one. Folded copies of an
+    embedded input count as one unit, active if any copy is."""
+    has_in = [torch.zeros(len(r.coords), dtype=torch.bool) for r in rows]
+    has_out = [torch.zeros(len(r.coords), dtype=torch.bool) for r in rows]
+    for (_, _, s, d), m in zip(graph.edges, masks):
+        has_out[s] |= m.any(0)
+        has_in[d] |= m.any(1)
+    active = []
+    for r, i, o in zip(rows, has_in, has_out):
+        a = o if r.kind == "input" else (i if r.kind == "output" else i & o)
+        units = torch.zeros(int(r.unit.max()) + 1, dtype=torch.bool)
+        units[r.unit[a]] = True
+        active.append(units)
+    return active
+
+
+@dataclass
+class Module:
+    """A connected component of the surviving graph that links inputs to outputs (caller indices);
+    hidden: row name -> positions of its hidden neurons."""
+    inputs: list
+    outputs: list
+    hidden: dict
+
+    def __str__(self):
+        return f"inputs {self.inputs} -> outputs {self.outputs} ({sum(map(len, self.hidden.values()))} hidden neurons)"
+
+
+def find_modules(rows: list[Row], graph: Graph, masks: list) -> list[Module]:
+    """Connected components (union-find over surviving connections) holding an input and an output."""
+    offset = [0]
+    for r in rows:
+        offset.append(offset[-1] + int(r.unit.max()) + 1)
+    parent = list(range(offset[-1]))
+
+    def root(a):
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    for (_, _, s, d), m in zip(graph.edges, masks):
+        o, i = m.nonzero(as_tuple=True)
+        for a, b in zip((offset[d] + rows[d].unit[o]).tolist(), (offset[s] + rows[s].unit[i]).tolist()):
+            ra, rb = root(a), root(b)
+            if ra != rb:
+                parent[ra] = rb
+    comps = {}
+    active = active_neurons(rows, graph, masks)
+    for ri, (r, act) in enumerate(zip(rows, active)):
+        for u in act.nonzero().flatten().tolist():
+            c = comps.setdefault(root(offset[ri] + u), Module([], [], {}))
+            if r.kind == "hidden":
+                c.hidden.setdefault(r.name, []).append(u)
+            else:
+                callers = r.caller[r.unit == u].tolist()
+                (c.inputs if r.kind == "input" else c.outputs).extend(callers[:1])
+    mods = [m for m in comps.values() if m.inputs and m.outputs]
+    for m in mods:
+        m.inputs.sort()
+        m.outputs.sort()
+    return sorted(mods, key=lambda m: m.outputs)
+
+
+def reachable_inputs(rows: list[Row], graph: Graph, masks: list) -> dict:
+    """{output (caller index): sorted inputs (caller index) with a surviving path to it}. One input row."""
+    inp = next(r for r in rows if r.kind == "input")
+    n_in = int(inp.caller.max()) + 1
+    reach = [None] * len(rows)
+    reach[rows.index(inp)] = F.one_hot(inp.caller, n_in).float()
+    for (_, _, s, d), m in zip(graph.edges, masks):
+        if reach[s] is None:
+            continue  # a row fed by no input
+        r = (m.float() @ reach[s] > 0).float()
+        reach[d] = r if reach[d] is None else torch.maximum(reach[d], r)
+    out = {}
+    for ri, r in enumerate(rows):
+        if r.kind == "output" and reach[ri] is not None:
+            for p, c in enumerate(r.caller.tolist()):
+                out[c] = reach[ri][p].nonzero().flatten().tolist()
+    return dict(sorted(out.items()))
+
+
+@dataclass
+class NetworkReport:
+    """The numbers behind a picture, at one relative threshold (see `analyze`)."""
+    threshold: float
+    connections: int
+    total_connections: int
+    neurons: int
+    total_neurons: int
+    wiring: float  # sum over surviving connections of |w| * length
+    reach: dict
+    modules: list
+    metric: float | None = None
+
+    def __str__(self):
+        lines = [f"threshold {self.threshold:g}: {self.connections}/{self.total_connections} connections, "
+                 f"{self.neurons}/{self.total_neurons} neurons active, wiring length {self.wiring:.4g}"
+                 + ("" if self.metric is None else f", metric {self.metric:.4g}")]
+        lines += [f"  output {o} reads inputs {i}" for o, i in self.reach.items()]
+        lines += [f"  module {k}: {m}" for k, m in enumerate(self.modules)]
+        return "\n".join(lines)
+
+
+def analyze(model: nn.Module, threshold: float = 0.0, graph: Graph | None = None) -> NetworkReport:
+    """Active connections and neurons, wiring length, reachability and modules of the connections that
+    survive a relative threshold (without changing the weights)."""
+    graph = graph or network_graph(model)
+    rows, masks = graph_rows(model, graph), surviving(graph, threshold)
+    active = active_neurons(rows, graph, masks)
+    wiring = sum(float((lin.weight.detach().abs().cpu() * lin.dist.cpu() * m).sum())
+                 for (_, lin, _, _), m in zip(graph.edges, masks))
+    return NetworkReport(threshold, sum(int(m.sum()) for m in masks), sum(m.numel() for m in masks),
+                         sum(int(a.sum()) for a in active), sum(len(a) for a in active), wiring,
+                         reachable_inputs(rows, graph, masks), find_modules(rows, graph, masks))
+
+
+@dataclass
+class Pruned:
+    """What `prune` changed: the original weights by parameter name, and what survived. Also a context
+    manager that restores the weights on exit."""
+    saved: dict
+    connections: int
+    neurons: int
+    model: nn.Module = field(repr=False, default=None)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        restore(self.model, self)
+
+
+def _param_names(model: nn.Module) -> dict:
+    return {id(p): name for name, p in model.named_parameters()}
+
+
+def prune(model: nn.Module, threshold: float, graph: Graph | None = None) -> Pruned:
+    """Zero every weight with |w| < threshold * (its layer's max |w|); `restore(model, record)` undoes it."""
+    graph = graph or network_graph(model)
+    names, saved = _param_names(model), {}
+    masks = surviving(graph, threshold)
+    with torch.no_grad():
+        for (_, lin, _, _), m in zip(graph.edges, masks):
+            saved[names[id(lin.weight)]] = lin.weight.detach().clone()
+            lin.weight.mul_(m.to(lin.weight.device))
+    report = analyze(model, 0.0, graph)
+    return Pruned(saved, report.connections, report.neurons, model)
+
+
+def restore(model: nn.Module, record: Pruned) -> None:
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, t in record.saved.items():
+            params[name].copy_(t)
+
+
+@contextmanager
+def intervene(model: nn.Module, weights: dict | None = None, neurons: dict | None = None,
+              embedding_dims=None, value: float = 0.0, graph: Graph | None = None):
+    """Within the block, set chosen weights, neuron activations or embedding dimensions to `value`
+    (0: knock-out); everything is restored on exit, also when the block raises.
+
+    weights:        {edge index: bool mask (out, in) or (rows, cols) index} of graph edges (BioMLP: linears).
+    neurons:        {row name or index: positions}, internal order as drawn; a neuron's activation is
+                    replaced by `value` (via hooks on the BioLinears that read or write its row). Positions
+                    of a folded input row name units: all copies are set.
+    embedding_dims: columns of model.embedding set to `value` for every token.
+    """
+    graph = graph or network_graph(model)
+    rows, params = graph_rows(model, graph), dict(model.named_parameters())
+    names, saved, hooks = _param_names(model), {}, []
+    try:
+        with torch.no_grad():
+            for e, where in (weights or {}).items():
+                w = graph.edges[e][1].weight
+                saved[names[id(w)]] = w.detach().clone()
+                w[where] = value
+            if embedding_dims is not None:
+                saved["embedding"] = model.embedding.detach().clone()
+                model.embedding[:, embedding_dims] = value
+        for row, pos in (neurons or {}).items():
+            r = graph.rows.index(row) if isinstance(row, str) else row
+            idx = torch.isin(rows[r].unit, torch.as_tensor(pos)).nonzero().flatten()
+            for _, lin, s, d in graph.edges:
+                if s == r:
+                    hooks.append(lin.register_forward_pre_hook(
+                        lambda m, args, idx=idx: (args[0].index_fill(-1, idx.to(args[0].device), value),)))
+                elif d == r and rows[r].kind == "output":
+                    hooks.append(lin.register_forward_hook(
+                        lambda m, args, out, idx=idx: out.index_fill(-1, idx.to(out.device), value)))
+        yield model
+    finally:
+        for h in hooks:
+            h.remove()
+        with torch.no_grad():
+            for name, t in saved.items():
+                params[name].copy_(t)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ Every neuron has a position in space. The loss pays for each connection in propo
 (`connection_cost`), and every few hundred steps neurons of a layer exchange places when that lowers the
 cost (`relocate`); a swap permutes weights, never the function the network computes.
 
-Read top to bottom: geometry -> layers -> models -> cost -> swapping -> analysis -> training.
+Read top to bottom: geometry -> layers -> models -> cost -> swapping -> analysis -> plotting -> training.
 """
 from __future__ import annotations
 
@@ -826,6 +826,199 @@ def intervene(model: nn.Module, weights: dict | None = None, neurons: dict | Non
         with torch.no_grad():
             for name, t in saved.items():
                 params[name].copy_(t)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Plotting
+
+
+def _connections(graph: Graph, masks: list, points: list):
+    """Per edge: segments (k, 2, D) between neuron drawing positions, rgba colours (k, 4) and relative
+    strengths |w| / max |w| of the layer (k,), weakest first so that strong connections are drawn on top.
+    Blue is positive, red negative; alpha is the relative strength."""
+    for (_, lin, s, d), m in zip(graph.edges, masks):
+        w = lin.weight.detach().cpu().float()
+        o, i = m.nonzero(as_tuple=True)
+        wk = w[o, i]
+        rel = wk.abs() / w.abs().max().clamp_min(1e-30)
+        order = rel.argsort()
+        o, i, wk, rel = o[order], i[order], wk[order], rel[order]
+        rgba = torch.stack([(wk < 0).float(), torch.zeros_like(wk), (wk > 0).float(), rel], 1)
+        yield torch.stack([points[s][i], points[d][o]], 1).numpy(), rgba.numpy(), rel.numpy()
+
+
+def _row_points(row: Row, y: int, fold_offset: float) -> torch.Tensor:
+    """(n, 2) drawing positions of a 1D row: x = coordinate, y = row index; copy c of a folded row sits
+    c * fold_offset below copy 0 (the two operand embeddings stacked, as in the paper's Fig 5)."""
+    copy = torch.arange(len(row.coords)) // (len(row.coords) // row.fold)
+    return torch.stack([row.coords[:, 0].float(), y - fold_offset * copy.float()], 1)
+
+
+def plot_network(model: nn.Module, ax=None, threshold: float = 0.0, graph: Graph | None = None,
+                 in_labels=None, out_labels=None, max_lw: float = 2.0, fold_offset: float = 0.3,
+                 neuron_size: float = 12.0):
+    """Draw a 1D network as in the paper: neurons as dots at (coordinate, row), rows bottom to top, one
+    segment per connection with |w| >= threshold * max |w| of its layer, width and alpha proportional to
+    |w| / max |w|, blue positive, red negative. Each layer is one LineCollection (fast for 10^5 lines).
+
+    in_labels / out_labels: the caller's names of the inputs / outputs in the caller's order; they follow
+    in_perm / out_perm, so a label stays with its neuron after swaps. Returns the axes.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import LineCollection
+
+    graph = graph or network_graph(model)
+    rows = graph_rows(model, graph)
+    if any(r.coords.shape[1] != 1 for r in rows):
+        raise ValueError("plot_network draws 1D ('line') networks; use plot_network_3d for 2D ones")
+    if ax is None:
+        ax = plt.subplots(figsize=(6, 1.4 * len(rows)))[1]
+    pts = [_row_points(r, y, fold_offset) for y, r in enumerate(rows)]
+    for segs, rgba, rel in _connections(graph, surviving(graph, threshold), pts):
+        ax.add_collection(LineCollection(segs, colors=rgba, linewidths=max_lw * rel))
+    for r, p in zip(rows, pts):
+        ax.scatter(p[:, 0], p[:, 1], s=neuron_size, c="k", zorder=3)
+        labels = {"input": in_labels, "output": out_labels}.get(r.kind)
+        if labels is None:
+            continue
+        edge = p[:, 1] == (p[:, 1].min() if r.kind == "input" else p[:, 1].max())  # outermost copy only
+        for (x, y), c in zip(p[edge].tolist(), r.caller[edge].tolist()):
+            below = r.kind == "input"
+            ax.text(x, y - 0.1 if below else y + 0.1, str(labels[c]), ha="center",
+                    va="top" if below else "bottom", fontsize=8)
+    ax.set_yticks(range(len(rows)), [r.name for r in rows])
+    ax.set_xticks([])
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.5 - fold_offset * (rows[0].fold - 1), len(rows) - 0.5)
+    for side in ("top", "right", "bottom"):
+        ax.spines[side].set_visible(False)
+    return ax
+
+
+def plot_network_3d(model: nn.Module, ax=None, threshold: float = 0.0, graph: Graph | None = None,
+                    image=None, out_labels=None, max_lw: float = 1.0, neuron_size: float = 4.0,
+                    cmap: str = "Greys"):
+    """Draw a 2D network (MNIST's grids and output ring) in 3D: row k is the plane z = k, connections as in
+    `plot_network` (one Line3DCollection per layer). image: the caller's input values (e.g. a 28x28 digit),
+    shown on the input plane at each pixel's position (through in_perm). Returns the 3D axes."""
+    import matplotlib.pyplot as plt
+    from mpl_toolkits.mplot3d.art3d import Line3DCollection
+
+    graph = graph or network_graph(model)
+    rows = graph_rows(model, graph)
+    if ax is None:
+        ax = plt.figure(figsize=(7, 7)).add_subplot(projection="3d")
+    pts = []
+    for z, r in enumerate(rows):
+        xy = r.coords.float() if r.coords.shape[1] == 2 else F.pad(r.coords.float(), (0, 1), value=0.5)
+        pts.append(torch.cat([xy, torch.full((len(xy), 1), float(z))], 1))
+    for segs, rgba, rel in _connections(graph, surviving(graph, threshold), pts):
+        ax.add_collection3d(Line3DCollection(segs, colors=rgba, linewidths=max_lw * rel))
+    for r, p in zip(rows, pts):
+        if r.kind == "input" and image is not None:
+            vals = torch.as_tensor(image, dtype=torch.float32).flatten()[r.caller]
+            ax.scatter(p[:, 0], p[:, 1], p[:, 2], c=vals.numpy(), cmap=cmap, s=3 * neuron_size, marker="s",
+                       depthshade=False)
+        else:
+            ax.scatter(p[:, 0], p[:, 1], p[:, 2], c="k", s=neuron_size, depthshade=False)
+        if r.kind == "output" and out_labels is not None:
+            for (x, y, z), c in zip(p.tolist(), r.caller.tolist()):
+                ax.text(0.5 + 1.25 * (x - 0.5), 0.5 + 1.25 * (y - 0.5), z, str(out_labels[c]), ha="center",
+                        fontsize=8)
+    ax.set(xlim=(0, 1), ylim=(0, 1), zlim=(0, len(rows) - 1), xticks=[], yticks=[])
+    ax.set_zticks(range(len(rows)), [r.name for r in rows])
+    return ax
+
+
+def _new_axes(fig, draw):
+    return fig.add_subplot(projection="3d" if draw is plot_network_3d else None)
+
+
+def snapshot_recorder(snapshots: list):
+    """A snapshot_fn for `train`: appends (step, copy of the state_dict) to `snapshots`."""
+    def record(step, model):
+        snapshots.append((step, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}))
+    return record
+
+
+def draw_snapshot(model: nn.Module, snapshot: tuple, ax=None, draw=None, **draw_kw):
+    """Load a recorded (step, state_dict) into `model` (overwriting its weights) and draw it."""
+    step, state = snapshot
+    model.load_state_dict(state)
+    ax = (draw or plot_network)(model, ax=ax, **draw_kw)
+    ax.set_title(f"step {step}")
+    return ax
+
+
+def save_gif(model: nn.Module, snapshots: list, path: str = "figures/training.gif", draw=None, fps: int = 4,
+             dpi: int = 80, figsize=(6, 6), **draw_kw) -> str:
+    """Render recorded snapshots (one frame each) into an animated GIF with matplotlib's Pillow writer.
+    `model` is only the template (a copy is loaded with each snapshot); the directory is created if needed."""
+    import copy
+    import os
+
+    import matplotlib.pyplot as plt
+    from matplotlib.animation import PillowWriter
+
+    draw, m = draw or plot_network, copy.deepcopy(model)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig = plt.figure(figsize=figsize)
+    writer = PillowWriter(fps=fps)
+    try:
+        with writer.saving(fig, path, dpi):
+            for snap in snapshots:
+                fig.clf()
+                draw_snapshot(m, snap, _new_axes(fig, draw), draw, **draw_kw)
+                writer.grab_frame()
+    finally:
+        plt.close(fig)
+    return path
+
+
+def threshold_view(model: nn.Module, threshold: float, metric_fn=None, ax=None, graph: Graph | None = None,
+                   draw=None, **draw_kw) -> NetworkReport:
+    """Prune at `threshold`, evaluate metric_fn(model) (the task metric), draw, restore the weights, and
+    return the report with its metric. The threshold slider's work."""
+    with prune(model, threshold, graph):
+        report = analyze(model, threshold, graph)
+        report.metric = None if metric_fn is None else float(metric_fn(model))
+        (draw or plot_network)(model, ax=ax, threshold=threshold, graph=graph, **draw_kw)
+    return report
+
+
+def threshold_explorer(model: nn.Module, metric_fn=None, graph: Graph | None = None, draw=None,
+                       max_threshold: float = 1.0, figsize=(6, 6), **draw_kw):
+    """An ipywidgets slider over the pruning threshold: re-draws the pruned network and prints its report."""
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+
+    def show(threshold):
+        fig = plt.figure(figsize=figsize)
+        print(threshold_view(model, threshold, metric_fn, _new_axes(fig, draw), graph, draw, **draw_kw))
+        plt.show()
+
+    slider = widgets.FloatSlider(value=0.0, min=0.0, max=max_threshold, step=max_threshold / 100,
+                                 description="threshold", continuous_update=False, readout_format=".2f")
+    return widgets.interactive(show, threshold=slider)
+
+
+def snapshot_explorer(model: nn.Module, snapshots: list, draw=None, figsize=(6, 6), **draw_kw):
+    """An ipywidgets slider that scrubs through recorded training snapshots (on a copy of the model)."""
+    import copy
+
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+
+    m = copy.deepcopy(model)
+
+    def show(frame):
+        fig = plt.figure(figsize=figsize)
+        draw_snapshot(m, snapshots[frame], _new_axes(fig, draw), draw, **draw_kw)
+        plt.show()
+
+    slider = widgets.IntSlider(value=0, min=0, max=len(snapshots) - 1, description="snapshot",
+                               continuous_update=False)
+    return widgets.interactive(show, frame=slider)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -925,7 +925,8 @@ def plot_network_3d(model: nn.Module, ax=None, threshold: float = 0.0, graph: Gr
             for (x, y, z), c in zip(p.tolist(), r.caller.tolist()):
                 ax.text(0.5 + 1.25 * (x - 0.5), 0.5 + 1.25 * (y - 0.5), z, str(out_labels[c]), ha="center",
                         fontsize=8)
-    ax.set(xlim=(0, 1), ylim=(0, 1), zlim=(0, len(rows) - 1), xticks=[], yticks=[])
+    # y runs away from the viewer so that pixel row 0 (the top of an image) is at the back: digits read upright
+    ax.set(xlim=(0, 1), ylim=(1, 0), zlim=(0, len(rows) - 1), xticks=[], yticks=[])
     ax.set_zticks(range(len(rows)), [r.name for r in rows])
     return ax
 

@@ -652,7 +652,12 @@ class Module:
     hidden: dict
 
     def __str__(self):
-        return f"inputs {self.inputs} -> outputs {self.outputs} ({sum(map(len, self.hidden.values()))} hidden neurons)"
+        return (f"inputs {_short(self.inputs)} -> outputs {_short(self.outputs)} "
+                f"({sum(map(len, self.hidden.values()))} hidden neurons)")
+
+
+def _short(xs: list, n: int = 12) -> str:
+    return str(xs) if len(xs) <= n else f"[{', '.join(map(str, xs[:n]))}, ... ({len(xs)} in all)]"
 
 
 def find_modules(rows: list[Row], graph: Graph, masks: list) -> list[Module]:
@@ -727,7 +732,7 @@ class NetworkReport:
         lines = [f"threshold {self.threshold:g}: {self.connections}/{self.total_connections} connections, "
                  f"{self.neurons}/{self.total_neurons} neurons active, wiring length {self.wiring:.4g}"
                  + ("" if self.metric is None else f", metric {self.metric:.4g}")]
-        lines += [f"  output {o} reads inputs {i}" for o, i in self.reach.items()]
+        lines += [f"  output {o} reads inputs {_short(i)}" for o, i in self.reach.items()]
         lines += [f"  module {k}: {m}" for k, m in enumerate(self.modules)]
         return "\n".join(lines)
 
@@ -778,10 +783,11 @@ def prune(model: nn.Module, threshold: float, graph: Graph | None = None) -> Pru
     return Pruned(saved, report.connections, report.neurons, model)
 
 
-def restore(model: nn.Module, record: Pruned) -> None:
+def restore(model: nn.Module, record) -> None:
+    """Put back the tensors saved in a `Pruned` record (or a {parameter name: tensor} dict)."""
     params = dict(model.named_parameters())
     with torch.no_grad():
-        for name, t in record.saved.items():
+        for name, t in getattr(record, "saved", record).items():
             params[name].copy_(t)
 
 
@@ -798,8 +804,7 @@ def intervene(model: nn.Module, weights: dict | None = None, neurons: dict | Non
     embedding_dims: columns of model.embedding set to `value` for every token.
     """
     graph = graph or network_graph(model)
-    rows, params = graph_rows(model, graph), dict(model.named_parameters())
-    names, saved, hooks = _param_names(model), {}, []
+    rows, names, saved, hooks = graph_rows(model, graph), _param_names(model), {}, []
     try:
         with torch.no_grad():
             for e, where in (weights or {}).items():
@@ -807,7 +812,7 @@ def intervene(model: nn.Module, weights: dict | None = None, neurons: dict | Non
                 saved[names[id(w)]] = w.detach().clone()
                 w[where] = value
             if embedding_dims is not None:
-                saved["embedding"] = model.embedding.detach().clone()
+                saved[names[id(model.embedding)]] = model.embedding.detach().clone()
                 model.embedding[:, embedding_dims] = value
         for row, pos in (neurons or {}).items():
             r = graph.rows.index(row) if isinstance(row, str) else row
@@ -823,9 +828,7 @@ def intervene(model: nn.Module, weights: dict | None = None, neurons: dict | Non
     finally:
         for h in hooks:
             h.remove()
-        with torch.no_grad():
-            for name, t in saved.items():
-                params[name].copy_(t)
+        restore(model, saved)
 
 
 # ----------------------------------------------------------------------------------------------------------

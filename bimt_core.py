@@ -561,7 +561,8 @@ class Graph:
     """Rows of neurons (bottom to top) and the BioLinears between them; what analysis and plotting walk.
 
     edges[i] = (name, linear, src, dst): `linear` reads row src and writes row dst, listed in an order where
-    every row is written before it is read. A model may describe itself with a `graph()` method (a
+    every row is written before it is read; linear None is an identity (a residual skip between two rows of
+    the same width), drawn grey and never pruned. A model may describe itself with a `graph()` method (a
     transformer labels its rows 'embed', 'attention', 'residual', 'mlp', 'output'); a BioMLP is the chain
     input -> hidden1 -> ... -> output, named as in `neuron_layers`.
     """
@@ -594,7 +595,7 @@ class Row:
 
 def graph_rows(model: nn.Module, graph: Graph) -> list[Row]:
     found = {}
-    for _, lin, s, d in graph.edges:
+    for _, lin, s, d in filter(lambda e: e[1] is not None, graph.edges):
         found.setdefault(s, (lin.in_coords.cpu(), lin.in_fold))
         found.setdefault(d, (lin.out_coords.cpu(), lin.out_fold))
     srcs, dsts = {e[2] for e in graph.edges}, {e[3] for e in graph.edges}
@@ -618,9 +619,11 @@ def graph_rows(model: nn.Module, graph: Graph) -> list[Row]:
 def surviving(graph: Graph, threshold: float = 0.0) -> list[torch.Tensor]:
     """Per edge, the (out, in) bool mask of connections with w != 0 and |w| >= threshold * max |w| of
     that layer (threshold is relative: 0 keeps every non-zero weight, 1 only the strongest)."""
-    masks = []
-    for _, lin, _, _ in graph.edges:
-        w = lin.weight.detach().abs().cpu()
+    masks, width = [], {}
+    for _, lin, s, d in filter(lambda e: e[1] is not None, graph.edges):
+        width[s], width[d] = lin.in_features, lin.out_features
+    for _, lin, s, _ in graph.edges:
+        w = torch.eye(width[s]) if lin is None else lin.weight.detach().abs().cpu()
         masks.append((w > 0) & (w >= threshold * w.max()))
     return masks
 
@@ -744,8 +747,9 @@ def analyze(model: nn.Module, threshold: float = 0.0, graph: Graph | None = None
     rows, masks = graph_rows(model, graph), surviving(graph, threshold)
     active = active_neurons(rows, graph, masks)
     wiring = sum(float((lin.weight.detach().abs().cpu() * lin.dist.cpu() * m).sum())
-                 for (_, lin, _, _), m in zip(graph.edges, masks))
-    return NetworkReport(threshold, sum(int(m.sum()) for m in masks), sum(m.numel() for m in masks),
+                 for (_, lin, _, _), m in zip(graph.edges, masks) if lin is not None)
+    learned = [m for (_, lin, _, _), m in zip(graph.edges, masks) if lin is not None]  # skips are not counted
+    return NetworkReport(threshold, sum(int(m.sum()) for m in learned), sum(m.numel() for m in learned),
                          sum(int(a.sum()) for a in active), sum(len(a) for a in active), wiring,
                          reachable_inputs(rows, graph, masks), find_modules(rows, graph, masks))
 
@@ -776,7 +780,7 @@ def prune(model: nn.Module, threshold: float, graph: Graph | None = None) -> Pru
     names, saved = _param_names(model), {}
     masks = surviving(graph, threshold)
     with torch.no_grad():
-        for (_, lin, _, _), m in zip(graph.edges, masks):
+        for (_, lin, _, _), m in filter(lambda e: e[0][1] is not None, zip(graph.edges, masks)):
             saved[names[id(lin.weight)]] = lin.weight.detach().clone()
             lin.weight.mul_(m.to(lin.weight.device))
     report = analyze(model, 0.0, graph)
@@ -799,7 +803,8 @@ def intervene(model: nn.Module, weights: dict | None = None, neurons: dict | Non
 
     weights:        {edge index: bool mask (out, in) or (rows, cols) index} of graph edges (BioMLP: linears).
     neurons:        {row name or index: positions}, internal order as drawn; a neuron's activation is
-                    replaced by `value` (via hooks on the BioLinears that read or write its row). Positions
+                    replaced by `value` where BioLinears read it (hooks; an identity edge still carries
+                    the original value) and, for outputs, where they are written. Positions
                     of a folded input row name units: all copies are set.
     embedding_dims: columns of model.embedding set to `value` for every token.
     """
@@ -817,7 +822,7 @@ def intervene(model: nn.Module, weights: dict | None = None, neurons: dict | Non
         for row, pos in (neurons or {}).items():
             r = graph.rows.index(row) if isinstance(row, str) else row
             idx = torch.isin(rows[r].unit, torch.as_tensor(pos)).nonzero().flatten()
-            for _, lin, s, d in graph.edges:
+            for _, lin, s, d in filter(lambda e: e[1] is not None, graph.edges):
                 if s == r:
                     hooks.append(lin.register_forward_pre_hook(
                         lambda m, args, idx=idx: (args[0].index_fill(-1, idx.to(args[0].device), value),)))
@@ -838,15 +843,17 @@ def intervene(model: nn.Module, weights: dict | None = None, neurons: dict | Non
 def _connections(graph: Graph, masks: list, points: list):
     """Per edge: segments (k, 2, D) between neuron drawing positions, rgba colours (k, 4) and relative
     strengths |w| / max |w| of the layer (k,), weakest first so that strong connections are drawn on top.
-    Blue is positive, red negative; alpha is the relative strength."""
+    Blue is positive, red negative; alpha is the relative strength. Identity edges are thin and grey."""
     for (_, lin, s, d), m in zip(graph.edges, masks):
-        w = lin.weight.detach().cpu().float()
+        w = m.float() if lin is None else lin.weight.detach().cpu().float()
         o, i = m.nonzero(as_tuple=True)
         wk = w[o, i]
         rel = wk.abs() / w.abs().max().clamp_min(1e-30)
         order = rel.argsort()
         o, i, wk, rel = o[order], i[order], wk[order], rel[order]
         rgba = torch.stack([(wk < 0).float(), torch.zeros_like(wk), (wk > 0).float(), rel], 1)
+        if lin is None:
+            rgba, rel = torch.tensor([0.5, 0.5, 0.5, 0.4]).expand(len(wk), 4), 0.25 * rel
         yield torch.stack([points[s][i], points[d][o]], 1).numpy(), rgba.numpy(), rel.numpy()
 
 

@@ -187,7 +187,7 @@ def test_labels_follow_permutations_after_swaps():
 
 
 class ToyTransformerGraph(nn.Module):
-    """A stand-in for a transformer's graph hook: the residual row is read by two linears."""
+    """A stand-in for a transformer's graph hook: an MLP block on a residual stream with a skip."""
 
     def __init__(self):
         super().__init__()
@@ -202,16 +202,23 @@ class ToyTransformerGraph(nn.Module):
     def graph(self):
         return bc.Graph(["input", "residual", "mlp", "residual'", "output"],
                         [("embed", self.embed, 0, 1), ("up", self.up, 1, 2), ("down", self.down, 2, 3),
-                         ("unembed", self.unembed, 3, 4)])
+                         ("skip", None, 1, 3), ("unembed", self.unembed, 3, 4)])
 
 
 def test_graph_hook_for_other_models():
     t = ToyTransformerGraph()
     ax = bc.plot_network(t)
-    assert n_segments(ax) == 8 + 24 + 24 + 8
+    assert n_segments(ax) == 8 + 24 + 24 + 4 + 8
     assert [tick.get_text() for tick in ax.get_yticklabels()] == ["input", "residual", "mlp", "residual'", "output"]
     r = bc.analyze(t)
+    assert (r.connections, r.total_connections) == (64, 64) and r.neurons == 2 + 4 + 6 + 4 + 2
     assert r.reach == {0: [0, 1], 1: [0, 1]} and len(r.modules) == 1
+    with bc.intervene(t, weights={2: torch.ones(4, 6, dtype=torch.bool)}):  # the MLP writes nothing
+        r = bc.analyze(t)
+        assert r.reach == {0: [0, 1], 1: [0, 1]}  # still through the skip
+        assert r.modules[0].hidden == {"residual": [0, 1, 2, 3], "residual'": [0, 1, 2, 3]}
+    with bc.prune(t, 0.99) as rec:
+        assert rec.connections == 4  # the strongest weight of each of the four BioLinears
 
 
 def test_gif_has_one_frame_per_snapshot(tmp_path):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -556,23 +557,40 @@ def relocate(model: nn.Module, top_k: int, optimizer: torch.optim.Optimizer | No
 # Analysis
 
 
+class Edge(NamedTuple):
+    """`linear` reads row src and writes row dst. cols[j]: the src position that the linear's input j reads
+    (None: the whole row, in order). linear None: an identity (a residual skip) between rows of one width,
+    drawn grey, never pruned and not counted as a connection."""
+    name: str
+    linear: BioLinear | None
+    src: int
+    dst: int
+    cols: torch.Tensor | None = None
+
+    def src_cols(self):
+        return slice(None) if self.cols is None else self.cols
+
+
 @dataclass
 class Graph:
-    """Rows of neurons (bottom to top) and the BioLinears between them; what analysis and plotting walk.
+    """Rows of neurons (bottom to top) and the edges between them; what analysis and plotting walk.
 
-    edges[i] = (name, linear, src, dst): `linear` reads row src and writes row dst, listed in an order where
-    every row is written before it is read; linear None is an identity (a residual skip between two rows of
-    the same width), drawn grey and never pruned. A model may describe itself with a `graph()` method (a
-    transformer labels its rows 'embed', 'attention', 'residual', 'mlp', 'output'); a BioMLP is the chain
-    input -> hidden1 -> ... -> output, named as in `neuron_layers`.
+    Edges are listed so that every row is written before it is read. A model may describe itself with a
+    `graph()` method; BioMLP is the chain input -> hidden1 -> ... -> output (named as in `neuron_layers`),
+    BioTransformer is `transformer_graph`.
     """
     rows: list
     edges: list
+
+    def __post_init__(self):
+        self.edges = [Edge(*e) for e in self.edges]
 
 
 def network_graph(model: nn.Module) -> Graph:
     if hasattr(model, "graph"):
         return model.graph()
+    if isinstance(model, BioTransformer):
+        return transformer_graph(model)
     if not isinstance(getattr(model, "linears", None), nn.ModuleList):
         raise ValueError(f"{type(model).__name__} has no graph() method and no .linears chain; pass graph=")
     n = len(model.linears)
@@ -580,11 +598,31 @@ def network_graph(model: nn.Module) -> Graph:
     return Graph(rows, [(f"linears.{i}", lin, i, i + 1) for i, lin in enumerate(model.linears)])
 
 
+def transformer_graph(model: "BioTransformer") -> Graph:
+    """Rows input, embed (the residual stream after the input linear), then per block b: attention{b}
+    (q|k|v, three stacked copies of the head channels), residual, mlp{b} (hidden units), residual; then
+    output. The attention output linear reads the v copy (attention mixes positions, never channels); q, k
+    and v of a channel are one unit, as in `neuron_layers`. Residual skips are identity edges."""
+    d = model.d_model
+    rows, edges, res = ["input", "embed"], [("embed_in", model.embed_in, 0, 1)], 1
+    for b, blk in enumerate(model.blocks):
+        a = len(rows)
+        rows += [f"attention{b}", "residual", f"mlp{b}", "residual"]
+        edges += [(f"blocks.{b}.qkv", blk.qkv, res, a),
+                  (f"blocks.{b}.attn_out", blk.attn_out, a, a + 1, torch.arange(2 * d, 3 * d)),
+                  (f"blocks.{b}.attn_skip", None, res, a + 1),
+                  (f"blocks.{b}.mlp_in", blk.mlp_in, a + 1, a + 2),
+                  (f"blocks.{b}.mlp_out", blk.mlp_out, a + 2, a + 3),
+                  (f"blocks.{b}.mlp_skip", None, a + 1, a + 3)]
+        res = a + 3
+    return Graph(rows + ["output"], edges + [("unembed", model.unembed, res, len(rows))])
+
+
 @dataclass
 class Row:
-    """One row of neurons: coords (n, d); unit[p] = the unit at position p (copies of a folded embedded
-    input are one unit, the embedding dimension); caller[p] = the caller's index of that input or output
-    (through in_perm / out_perm), None for hidden rows."""
+    """One row of neurons: coords (n, d); unit[p] = the unit at position p (the copies of a folded row are
+    one unit: an embedding dimension, or a channel's q|k|v), except on an input row of caller features;
+    caller[p] = the caller's index of that input or output (through in_perm / out_perm), None if hidden."""
     name: str
     coords: torch.Tensor
     fold: int
@@ -595,19 +633,21 @@ class Row:
 
 def graph_rows(model: nn.Module, graph: Graph) -> list[Row]:
     found = {}
-    for _, lin, s, d in filter(lambda e: e[1] is not None, graph.edges):
-        found.setdefault(s, (lin.in_coords.cpu(), lin.in_fold))
-        found.setdefault(d, (lin.out_coords.cpu(), lin.out_fold))
-    srcs, dsts = {e[2] for e in graph.edges}, {e[3] for e in graph.edges}
+    for e in graph.edges:
+        if e.linear is not None:
+            found.setdefault(e.dst, (e.linear.out_coords.cpu(), e.linear.out_fold))
+            if e.cols is None:
+                found.setdefault(e.src, (e.linear.in_coords.cpu(), e.linear.in_fold))
+    srcs, dsts = {e.src for e in graph.edges}, {e.dst for e in graph.edges}
     rows = []
     for r, name in enumerate(graph.rows):
         coords, fold = found[r]
         n, pos = len(coords), torch.arange(len(coords))
         kind = "input" if r not in dsts else ("output" if r not in srcs else "hidden")
-        unit, caller = pos, None
+        unit, caller = pos % (n // fold), None
         if kind == "input":
             perm = getattr(model, "in_perm", torch.arange(0)).cpu()
-            unit = pos if len(perm) == n else pos % (n // fold)  # no perm: embedding dims, copies tied
+            unit = pos if len(perm) == n else unit  # no perm: embedding dims
             caller = perm if len(perm) == n else unit
         elif kind == "output":
             perm = getattr(model, "out_perm", torch.arange(0)).cpu()
@@ -619,10 +659,9 @@ def graph_rows(model: nn.Module, graph: Graph) -> list[Row]:
 def surviving(graph: Graph, threshold: float = 0.0) -> list[torch.Tensor]:
     """Per edge, the (out, in) bool mask of connections with w != 0 and |w| >= threshold * max |w| of
     that layer (threshold is relative: 0 keeps every non-zero weight, 1 only the strongest)."""
-    masks, width = [], {}
-    for _, lin, s, d in filter(lambda e: e[1] is not None, graph.edges):
-        width[s], width[d] = lin.in_features, lin.out_features
-    for _, lin, s, _ in graph.edges:
+    width = {e.dst: e.linear.out_features for e in graph.edges if e.linear is not None}
+    masks = []
+    for _, lin, s, _, _ in graph.edges:
         w = torch.eye(width[s]) if lin is None else lin.weight.detach().abs().cpu()
         masks.append((w > 0) & (w >= threshold * w.max()))
     return masks
@@ -634,9 +673,9 @@ def active_neurons(rows: list[Row], graph: Graph, masks: list) -> list[torch.Ten
     embedded input count as one unit, active if any copy is."""
     has_in = [torch.zeros(len(r.coords), dtype=torch.bool) for r in rows]
     has_out = [torch.zeros(len(r.coords), dtype=torch.bool) for r in rows]
-    for (_, _, s, d), m in zip(graph.edges, masks):
-        has_out[s] |= m.any(0)
-        has_in[d] |= m.any(1)
+    for e, m in zip(graph.edges, masks):
+        has_out[e.src][e.src_cols()] |= m.any(0)
+        has_in[e.dst] |= m.any(1)
     active = []
     for r, i, o in zip(rows, has_in, has_out):
         a = o if r.kind == "input" else (i if r.kind == "output" else i & o)
@@ -676,9 +715,10 @@ def find_modules(rows: list[Row], graph: Graph, masks: list) -> list[Module]:
             a = parent[a]
         return a
 
-    for (_, _, s, d), m in zip(graph.edges, masks):
+    for e, m in zip(graph.edges, masks):
         o, i = m.nonzero(as_tuple=True)
-        for a, b in zip((offset[d] + rows[d].unit[o]).tolist(), (offset[s] + rows[s].unit[i]).tolist()):
+        dst_units, src_units = rows[e.dst].unit[o], rows[e.src].unit[e.src_cols()][i]
+        for a, b in zip((offset[e.dst] + dst_units).tolist(), (offset[e.src] + src_units).tolist()):
             ra, rb = root(a), root(b)
             if ra != rb:
                 parent[ra] = rb
@@ -705,10 +745,11 @@ def reachable_inputs(rows: list[Row], graph: Graph, masks: list) -> dict:
     n_in = int(inp.caller.max()) + 1
     reach = [None] * len(rows)
     reach[rows.index(inp)] = F.one_hot(inp.caller, n_in).float()
-    for (_, _, s, d), m in zip(graph.edges, masks):
+    for e, m in zip(graph.edges, masks):
+        s, d = e.src, e.dst
         if reach[s] is None:
             continue  # a row fed by no input
-        r = (m.float() @ reach[s] > 0).float()
+        r = (m.float() @ reach[s][e.src_cols()] > 0).float()
         reach[d] = r if reach[d] is None else torch.maximum(reach[d], r)
     out = {}
     for ri, r in enumerate(rows):
@@ -747,8 +788,8 @@ def analyze(model: nn.Module, threshold: float = 0.0, graph: Graph | None = None
     rows, masks = graph_rows(model, graph), surviving(graph, threshold)
     active = active_neurons(rows, graph, masks)
     wiring = sum(float((lin.weight.detach().abs().cpu() * lin.dist.cpu() * m).sum())
-                 for (_, lin, _, _), m in zip(graph.edges, masks) if lin is not None)
-    learned = [m for (_, lin, _, _), m in zip(graph.edges, masks) if lin is not None]  # skips are not counted
+                 for (_, lin, _, _, _), m in zip(graph.edges, masks) if lin is not None)
+    learned = [m for e, m in zip(graph.edges, masks) if e.linear is not None]  # skips are not counted
     return NetworkReport(threshold, sum(int(m.sum()) for m in learned), sum(m.numel() for m in learned),
                          sum(int(a.sum()) for a in active), sum(len(a) for a in active), wiring,
                          reachable_inputs(rows, graph, masks), find_modules(rows, graph, masks))
@@ -780,7 +821,7 @@ def prune(model: nn.Module, threshold: float, graph: Graph | None = None) -> Pru
     names, saved = _param_names(model), {}
     masks = surviving(graph, threshold)
     with torch.no_grad():
-        for (_, lin, _, _), m in filter(lambda e: e[0][1] is not None, zip(graph.edges, masks)):
+        for (_, lin, _, _, _), m in filter(lambda em: em[0].linear is not None, zip(graph.edges, masks)):
             saved[names[id(lin.weight)]] = lin.weight.detach().clone()
             lin.weight.mul_(m.to(lin.weight.device))
     report = analyze(model, 0.0, graph)
@@ -813,7 +854,7 @@ def intervene(model: nn.Module, weights: dict | None = None, neurons: dict | Non
     try:
         with torch.no_grad():
             for e, where in (weights or {}).items():
-                w = graph.edges[e][1].weight
+                w = graph.edges[e].linear.weight
                 saved[names[id(w)]] = w.detach().clone()
                 w[where] = value
             if embedding_dims is not None:
@@ -821,12 +862,15 @@ def intervene(model: nn.Module, weights: dict | None = None, neurons: dict | Non
                 model.embedding[:, embedding_dims] = value
         for row, pos in (neurons or {}).items():
             r = graph.rows.index(row) if isinstance(row, str) else row
-            idx = torch.isin(rows[r].unit, torch.as_tensor(pos)).nonzero().flatten()
-            for _, lin, s, d in filter(lambda e: e[1] is not None, graph.edges):
-                if s == r:
+            hit = torch.isin(rows[r].unit, torch.as_tensor(pos))
+            for e in filter(lambda e: e.linear is not None, graph.edges):
+                lin = e.linear
+                if e.src == r:
+                    idx = hit[e.src_cols()].nonzero().flatten()  # the linear's input columns
                     hooks.append(lin.register_forward_pre_hook(
                         lambda m, args, idx=idx: (args[0].index_fill(-1, idx.to(args[0].device), value),)))
-                elif d == r and rows[r].kind == "output":
+                elif e.dst == r and rows[r].kind == "output":
+                    idx = hit.nonzero().flatten()
                     hooks.append(lin.register_forward_hook(
                         lambda m, args, out, idx=idx: out.index_fill(-1, idx.to(out.device), value)))
         yield model
@@ -844,7 +888,8 @@ def _connections(graph: Graph, masks: list, points: list):
     """Per edge: segments (k, 2, D) between neuron drawing positions, rgba colours (k, 4) and relative
     strengths |w| / max |w| of the layer (k,), weakest first so that strong connections are drawn on top.
     Blue is positive, red negative; alpha is the relative strength. Identity edges are thin and grey."""
-    for (_, lin, s, d), m in zip(graph.edges, masks):
+    for e, m in zip(graph.edges, masks):
+        lin = e.linear
         w = m.float() if lin is None else lin.weight.detach().cpu().float()
         o, i = m.nonzero(as_tuple=True)
         wk = w[o, i]
@@ -854,14 +899,15 @@ def _connections(graph: Graph, masks: list, points: list):
         rgba = torch.stack([(wk < 0).float(), torch.zeros_like(wk), (wk > 0).float(), rel], 1)
         if lin is None:
             rgba, rel = torch.tensor([0.5, 0.5, 0.5, 0.4]).expand(len(wk), 4), 0.25 * rel
-        yield torch.stack([points[s][i], points[d][o]], 1).numpy(), rgba.numpy(), rel.numpy()
+        segs = torch.stack([points[e.src][e.src_cols()][i], points[e.dst][o]], 1)
+        yield segs.numpy(), rgba.numpy(), rel.numpy()
 
 
 def _row_points(row: Row, y: int, fold_offset: float) -> torch.Tensor:
-    """(n, 2) drawing positions of a 1D row: x = coordinate, y = row index; copy c of a folded row sits
-    c * fold_offset below copy 0 (the two operand embeddings stacked, as in the paper's Fig 5)."""
+    """(n, 2) drawing positions of a 1D row: x = coordinate, y = row index; the copies of a folded row are
+    stacked below copy 0, the last one fold_offset lower (operand embeddings as in the paper's Fig 5)."""
     copy = torch.arange(len(row.coords)) // (len(row.coords) // row.fold)
-    return torch.stack([row.coords[:, 0].float(), y - fold_offset * copy.float()], 1)
+    return torch.stack([row.coords[:, 0].float(), y - fold_offset * copy.float() / max(row.fold - 1, 1)], 1)
 
 
 def plot_network(model: nn.Module, ax=None, threshold: float = 0.0, graph: Graph | None = None,
@@ -899,7 +945,7 @@ def plot_network(model: nn.Module, ax=None, threshold: float = 0.0, graph: Graph
     ax.set_yticks(range(len(rows)), [r.name for r in rows])
     ax.set_xticks([])
     ax.set_xlim(-0.02, 1.02)
-    ax.set_ylim(-0.5 - fold_offset * (rows[0].fold - 1), len(rows) - 0.5)
+    ax.set_ylim(-0.5 - fold_offset * (rows[0].fold > 1), len(rows) - 0.5)
     for side in ("top", "right", "bottom"):
         ax.spines[side].set_visible(False)
     return ax

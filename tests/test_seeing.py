@@ -250,3 +250,42 @@ def test_threshold_view_and_widgets_build():
         s = bc.snapshot_explorer(m, snaps)
         s.children[0].value = 1
     assert w.children[0].description == "threshold" and s.children[0].max == 1
+
+
+def small_transformer():
+    return bc.BioTransformer(2, 2, d_model=8, n_blocks=2, n_heads=2, d_mlp=16,
+                             generator=torch.Generator().manual_seed(0))
+
+
+def test_transformer_graph_is_drawn_by_sublayer():
+    t = small_transformer()
+    ax = bc.plot_network(t, in_labels=["a", "b"], out_labels=["y", "z"])
+    per_block = 8 * 24 + 8 * 8 + 8 + 8 * 16 + 16 * 8 + 8  # qkv, attn_out (reads v), skip, mlp, skip
+    assert n_segments(ax) == 2 * 8 + 2 * per_block + 8 * 2
+    assert [tick.get_text() for tick in ax.get_yticklabels()] == [
+        "input", "embed", "attention0", "residual", "mlp0", "residual",
+        "attention1", "residual", "mlp1", "residual", "output"]
+    r = bc.analyze(t)
+    assert r.total_connections == sum(lin.weight.numel() for lin in bc._linears(t))
+    assert r.total_neurons == 2 + 8 + 2 * (8 + 8 + 16 + 8) + 2  # q|k|v of a channel is one unit
+    assert r.reach == {0: [0, 1], 1: [0, 1]}
+
+
+def test_transformer_modules_through_skips_and_knockouts():
+    t = small_transformer()
+    with torch.no_grad():
+        for lin in bc._linears(t):
+            lin.weight.zero_()
+        t.embed_in.weight[0, 0] = t.embed_in.weight[5, 1] = 1.0  # x0 -> residual 0, x1 -> residual 5
+        t.unembed.weight[0, 0] = t.unembed.weight[1, 5] = 1.0     # residual 0 -> y0, residual 5 -> y1
+        t.blocks[0].mlp_in.weight[3, 5] = t.blocks[0].mlp_out.weight[5, 3] = 0.5  # an MLP detour for x1
+    t.swap("residual", 0, 7)
+    r = bc.analyze(t)
+    assert r.reach == {0: [0], 1: [1]}
+    assert [(m.inputs, m.outputs) for m in r.modules] == [([0], [0]), ([1], [1])]
+    assert r.modules[1].hidden["mlp0"] == [3]
+    x = torch.randn(3, 4, 2, generator=torch.Generator().manual_seed(1))
+    with bc.intervene(t, neurons={"mlp0": list(range(16))}):  # oracle: zeroing the MLP's output weights
+        knocked = t(x)
+    with bc.intervene(t, weights={5: torch.ones(8, 16, dtype=torch.bool)}):  # edge 5: blocks.0.mlp_out
+        assert torch.allclose(knocked, t(x))

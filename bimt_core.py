@@ -1089,6 +1089,9 @@ class BIMTConfig:
     lam_schedule: (fraction, multiplier) pairs; from step int(fraction * steps) on, lambda is multiplied by
     the multiplier (cumulatively): ((0.25, 10), (0.75, 0.1)) is 'x10 at 1/4, x0.1 at 3/4'.
     bias_penalty_from: fraction of training after which biases pay l0 * |b| (None: never).
+    swap_weight_factor: the A that the swap pass minimises (None: weight_factor). With A = 0 every placement
+    costs the same and no swap is ever made, so the paper's 'L1 + swap' ablation trains with weight_factor=0
+    and swaps with swap_weight_factor=1 (shortening wires that the loss does not pay for).
     """
     steps: int = 20000
     lr: float = 2e-3
@@ -1102,6 +1105,7 @@ class BIMTConfig:
     last_layer_l0_only: bool = False
     swap: bool = True
     swap_every: int = 200
+    swap_weight_factor: float | None = None
     top_k: int = 5
     batch_size: int | None = None  # None: full batch
     eval_every: int = 200
@@ -1120,6 +1124,13 @@ class BIMTConfig:
         bias = self.bias_penalty_from is not None and step >= int(self.bias_penalty_from * self.steps)
         return dict(weight_factor=self.weight_factor, l0=self.l0, agg=self.agg, bias_penalty=bias,
                     embedding_penalty=self.embedding_penalty, last_layer_l0_only=self.last_layer_l0_only)
+
+    def swap_cost_kwargs(self, step: int | None = None) -> dict:
+        """Keyword arguments of relocate at `step`: cost_kwargs with A = swap_weight_factor if set."""
+        kw = self.cost_kwargs(step)
+        if self.swap_weight_factor is not None:
+            kw["weight_factor"] = self.swap_weight_factor
+        return kw
 
 
 def train(model: nn.Module, cfg: BIMTConfig, train_data: tuple, test_data: tuple, loss_fn,
@@ -1161,7 +1172,7 @@ def train(model: nn.Module, cfg: BIMTConfig, train_data: tuple, test_data: tuple
         loss.backward()
         opt.step()
         if cfg.swap and cfg.swap_every and (step + 1) % cfg.swap_every == 0:
-            swaps += relocate(model, cfg.top_k, optimizer=opt, **ckw)
+            swaps += relocate(model, cfg.top_k, optimizer=opt, **cfg.swap_cost_kwargs(step))
         last = step == cfg.steps - 1
         if snapshot_fn is not None and snapshot_every and (step % snapshot_every == 0 or last):
             snapshot_fn(step, model)

@@ -1,0 +1,57 @@
+"""The swap pass may minimise a different wiring cost than the loss pays (the 'L1 + swap' ablation of Fig 3)."""
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+
+import bimt_core as bc
+
+
+def tiny_task(n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 4, generator=g) * 2 - 1
+    return x, torch.stack([(x[:, 0] + x[:, 2]) ** 3, x[:, 1] ** 2 + torch.sin(torch.pi * x[:, 3])], 1)
+
+
+def run(cfg):
+    model = bc.BioMLP([4, 12, 12, 2], generator=torch.Generator().manual_seed(0))
+    data = tiny_task()
+    return model, bc.train(model, cfg, data, data, F.mse_loss, progress=False)
+
+
+def test_swap_cost_kwargs_override_only_the_weight_factor():
+    cfg = bc.BIMTConfig(steps=100, weight_factor=0.0, swap_weight_factor=1.0)
+    assert cfg.cost_kwargs(80)["weight_factor"] == 0.0
+    assert cfg.swap_cost_kwargs(80) == {**cfg.cost_kwargs(80), "weight_factor": 1.0}
+    assert bc.BIMTConfig(weight_factor=2.0).swap_cost_kwargs(5) == bc.BIMTConfig(weight_factor=2.0).cost_kwargs(5)
+
+
+def test_plain_l1_never_swaps_but_a_wiring_swap_criterion_does():
+    cfg = bc.BIMTConfig(steps=400, swap_every=50, eval_every=100, lam=1e-2, weight_factor=0.0)
+    _, h_l1 = run(cfg)
+    assert h_l1["swaps"][-1] == 0  # with A = 0 every placement costs the same
+    _, h_swap = run(dataclasses.replace(cfg, swap_weight_factor=1.0))
+    assert h_swap["swaps"][-1] > 0
+
+
+def test_loss_and_swap_pass_get_their_own_weight_factor(monkeypatch):
+    seen = {"loss": set(), "swap": set()}
+    cost, relocate = bc.connection_cost, bc.relocate
+    swapping = []  # non-empty inside relocate, which also measures the cost (for its tie tolerance)
+
+    def spy_cost(model, **kw):
+        seen["swap" if swapping else "loss"].add(kw["weight_factor"])
+        return cost(model, **kw)
+
+    def spy_relocate(model, top_k, optimizer=None, **kw):
+        swapping.append(1)
+        seen["swap"].add(kw["weight_factor"])
+        try:
+            return relocate(model, top_k, optimizer, **kw)
+        finally:
+            swapping.pop()
+
+    monkeypatch.setattr(bc, "connection_cost", spy_cost)
+    monkeypatch.setattr(bc, "relocate", spy_relocate)
+    run(bc.BIMTConfig(steps=100, swap_every=50, weight_factor=0.0, swap_weight_factor=1.0))
+    assert seen == {"loss": {0.0}, "swap": {1.0}}

@@ -669,7 +669,8 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 MNIST_5K = Path(__file__).resolve().parent / "data" / "mnist_5k.npz"  # provenance: data/README.md
 MNIST_5K_SHA256 = "246e0c30eeea57c8d0037d3f38c8e00651ec204cc61b8022563e9aeeb9d756f4"
-IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
 def read_idx(path) -> np.ndarray:
@@ -724,7 +725,10 @@ def load_mnist(path=None, n_test: int = 1000, seed: int = 0):
     path a folder: the standard IDX files (IDX_NAMES, raw or .gz): the official 60,000 / 10,000 split.
     path an .npz file with 'images' (N, 28, 28) and 'labels' (N,) uint8: split like the subset.
     """
-    path = MNIST_5K if path is None else Path(path)
+    path = MNIST_5K if path is None else Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or folder; expected an .npz of MNIST digits or a folder "
+                                f"holding {', '.join(IDX_NAMES)} (each raw or .gz)")
     if path.is_dir():
         tr = [read_idx(_find_idx(path, n)) for n in IDX_NAMES[:2]]
         te = [read_idx(_find_idx(path, n)) for n in IDX_NAMES[2:]]

@@ -96,6 +96,11 @@ def test_idx_missing_file(tmp_path):
         bc.load_mnist(tmp_path)
 
 
+def test_missing_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere: no such file or folder.*train-images-idx3-ubyte"):
+        bc.load_mnist(tmp_path / "nowhere")
+
+
 def test_read_idx_shape(tmp_path):
     p = tmp_path / "x-idx3-ubyte"
     p.write_bytes(_idx(0x803, (2, 3, 4), bytes(range(24))))

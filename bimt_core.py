@@ -7,14 +7,20 @@ Every neuron has a position in space. The loss pays for each connection in propo
 (`connection_cost`), and every few hundred steps neurons of a layer exchange places when that lowers the
 cost (`relocate`); a swap permutes weights, never the function the network computes.
 
-Read top to bottom: geometry -> layers -> models -> cost -> swapping -> analysis -> plotting -> training.
+Read top to bottom: geometry -> layers -> models -> cost -> swapping -> analysis -> plotting -> training -> data.
 """
 from __future__ import annotations
 
+import gzip
+import hashlib
+import io
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import NamedTuple
+
+import numpy as np
 
 import torch
 import torch.nn as nn
@@ -1194,3 +1200,89 @@ def train(model: nn.Module, cfg: BIMTConfig, train_data: tuple, test_data: tuple
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """Fraction of rows whose argmax equals the label."""
     return (logits.argmax(-1) == labels).float().mean().item()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Data
+
+MNIST_5K = Path(__file__).resolve().parent / "data" / "mnist_5k.npz"  # provenance: data/README.md
+MNIST_5K_SHA256 = "246e0c30eeea57c8d0037d3f38c8e00651ec204cc61b8022563e9aeeb9d756f4"
+IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def read_idx(path) -> np.ndarray:
+    """One IDX file, raw or gzip-compressed -> uint8 array of the shape its header states. Big-endian header:
+    magic 0x00000801 (labels, 1 dim) or 0x00000803 (images, 3 dims), then one int32 size per dim."""
+    path = Path(path)
+    buf = path.read_bytes()
+    if buf[:2] == b"\x1f\x8b":  # gzip magic; an IDX file starts with two zero bytes
+        try:
+            buf = gzip.decompress(buf)
+        except (OSError, EOFError) as e:
+            raise ValueError(f"{path}: corrupt or truncated gzip data ({e})") from None
+    magic = int.from_bytes(buf[:4], "big") if len(buf) >= 4 else None
+    if magic not in (0x801, 0x803):
+        raise ValueError(f"{path}: bad magic number {magic if magic is None else hex(magic)}; expected 0x801 "
+                         f"(labels) or 0x803 (images) - not an unsigned-byte IDX file")
+    ndim = magic & 0xFF
+    if len(buf) < 4 + 4 * ndim:
+        raise ValueError(f"{path}: truncated header ({len(buf)} bytes)")
+    dims = [int.from_bytes(buf[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    need = 4 + 4 * ndim + math.prod(dims)
+    if len(buf) != need:
+        raise ValueError(f"{path}: {'truncated' if len(buf) < need else 'trailing bytes'}: header says {dims} "
+                         f"({need} bytes) but the file has {len(buf)} bytes")
+    return np.frombuffer(buf, np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _find_idx(folder: Path, name: str) -> Path:
+    for cand in (name, name + ".gz", name.replace("-idx", ".idx"), name.replace("-idx", ".idx") + ".gz"):
+        if (folder / cand).is_file():
+            return folder / cand
+    raise FileNotFoundError(f"{folder}: no {name}[.gz]; an MNIST folder must hold {', '.join(IDX_NAMES)} "
+                            f"(each raw or .gz)")
+
+
+def _to_tensors(images: np.ndarray, labels: np.ndarray, source) -> tuple[torch.Tensor, torch.Tensor]:
+    if images.ndim != 3 or images.shape[1:] != (28, 28) or images.dtype != np.uint8:
+        raise ValueError(f"{source}: images must be uint8 of shape (N, 28, 28), got {images.dtype} {images.shape}")
+    if labels.shape != (len(images),) or labels.dtype != np.uint8 or (labels.size and labels.max() > 9):
+        raise ValueError(f"{source}: expected {len(images)} uint8 labels in 0..9 (one per image), got "
+                         f"{labels.dtype} {labels.shape}" + (f" with max {labels.max()}" if labels.size else ""))
+    x = torch.from_numpy(images.reshape(len(images), 784).astype(np.float32) / 255.0)
+    return x, torch.from_numpy(labels.astype(np.int64))
+
+
+def load_mnist(path=None, n_test: int = 1000, seed: int = 0):
+    """MNIST -> (x_train, y_train, x_test, y_test): float32 pixels in [0, 1] of shape (N, 784), row-major 28x28
+    (pixel r*28 + c), and int64 labels of shape (N,).
+
+    path None: the 5,000-digit subset shipped in data/mnist_5k.npz (checksum verified), split at random into
+      5000 - n_test training and n_test test digits by torch.Generator().manual_seed(seed).
+    path a folder: the standard IDX files (IDX_NAMES, raw or .gz): the official 60,000 / 10,000 split.
+    path an .npz file with 'images' (N, 28, 28) and 'labels' (N,) uint8: split like the subset.
+    """
+    path = MNIST_5K if path is None else Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or folder; expected an .npz of MNIST digits or a folder "
+                                f"holding {', '.join(IDX_NAMES)} (each raw or .gz)")
+    if path.is_dir():
+        tr = [read_idx(_find_idx(path, n)) for n in IDX_NAMES[:2]]
+        te = [read_idx(_find_idx(path, n)) for n in IDX_NAMES[2:]]
+        return (*_to_tensors(*tr, f"{path} (train)"), *_to_tensors(*te, f"{path} (t10k)"))
+    raw = path.read_bytes()
+    if path.resolve() == MNIST_5K and hashlib.sha256(raw).hexdigest() != MNIST_5K_SHA256:
+        raise ValueError(f"{path}: SHA-256 does not match the shipped subset (corrupt or truncated?); "
+                         f"rebuild it as data/README.md describes")
+    try:
+        with np.load(io.BytesIO(raw)) as f:
+            images, labels = f["images"], f["labels"]
+    except Exception as e:
+        raise ValueError(f"{path}: not an .npz holding 'images' and 'labels' ({type(e).__name__}: {e})") from None
+    x, y = _to_tensors(images, labels, path)
+    if not 0 < n_test < len(x):
+        raise ValueError(f"n_test must lie in (0, {len(x)}), got {n_test}")
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    te, tr = perm[:n_test], perm[n_test:]
+    return x[tr], y[tr], x[te], y[te]

@@ -2,6 +2,7 @@
 
 Not collected by pytest. Run: python tests/bench_plot.py [out.png]
 """
+import pathlib
 import sys
 import time
 
@@ -11,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import bimt_core as bc  # noqa: E402
 
 model = bc.BioMLP([784, 100, 100, 10], geometry="grid", out_geometry="ring", fix_inputs=True,

@@ -161,6 +161,10 @@ class BioMLP(nn.Module):
         self.act = _activation(activation)
         self.fix_inputs = fix_inputs
         geos = [geometry] * (len(shape) - 1) + [out_geometry or geometry]
+        dims = {"line": 1, "grid": 2, "ring": 2}
+        if geos[0] in dims and geos[-1] in dims and dims[geos[0]] != dims[geos[-1]]:
+            raise ValueError(f"geometry {geos[0]!r} is {dims[geos[0]]}D but out_geometry {geos[-1]!r} is "
+                             f"{dims[geos[-1]]}D; all layers must live in the same space (e.g. 'grid' with 'ring')")
         folds = [in_fold] + [1] * (len(shape) - 1)
         self.linears = nn.ModuleList(
             BioLinear(shape[i], shape[i + 1], bias, geos[i], geos[i + 1], folds[i], folds[i + 1], generator)
@@ -238,6 +242,146 @@ class BioMLP(nn.Module):
         swap_units(self, layer, j, k, optimizer)
 
 
+class BioBlock(nn.Module):
+    """One transformer block on a (B, T, d_model) residual stream: x + attn(ln1(x)), then x + mlp(ln2(x)).
+
+    Causal multi-head self-attention with q|k|v as one BioLinear (d_model -> 3 d_model, out_fold 3, so the
+    q, k and v of channel c sit at the same place); head h owns channels [h dh, (h+1) dh) of each of q, k, v.
+    The MLP is d_model -> d_mlp -> d_model with GELU. ln1, ln2 are nn.Identity without layer_norm.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, d_mlp: int, layer_norm: bool, bias: bool,
+                 generator: torch.Generator | None):
+        super().__init__()
+        self.n_heads = n_heads
+        self.ln1 = nn.LayerNorm(d_model) if layer_norm else nn.Identity()
+        self.qkv = BioLinear(d_model, 3 * d_model, bias, out_fold=3, generator=generator)
+        self.attn_out = BioLinear(d_model, d_model, bias, generator=generator)
+        self.ln2 = nn.LayerNorm(d_model) if layer_norm else nn.Identity()
+        self.mlp_in = BioLinear(d_model, d_mlp, bias, generator=generator)
+        self.mlp_out = BioLinear(d_mlp, d_model, bias, generator=generator)
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, d_model) -> (B, T, d_model): what the attention writes to the residual stream."""
+        B, T, C = x.shape
+        q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2)  # (B, heads, T, dh)
+                   for t in self.qkv(x).split(C, dim=-1))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.attn_out(y.transpose(1, 2).reshape(B, T, C))
+
+    def mlp(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp_out(F.gelu(self.mlp_in(x)))
+
+
+class BioTransformer(nn.Module):
+    """The transformer of Fig 7: input linear in_dim -> d_model, n_blocks BioBlocks, output linear
+    d_model -> out_dim; no token or positional embedding, so any sequence length works.
+    x (B, T, in_dim) -> (B, T, out_dim). Every linear is a BioLinear on a line.
+
+    layer_norm: pre-norm LayerNorms in each block and before the output linear. Off by default: the paper's
+    released run defined them but left them out of the forward pass.
+
+    Swaps keep the function: a residual-stream neuron moves in every linear that writes to the stream (input
+    linear, attention outputs, MLP outputs) or reads from it (q|k|v, MLP inputs, output linear) and in every
+    LayerNorm; a head moves as a whole (its q, k, v rows and attention-output columns); a neuron inside a
+    head moves in q, k and v together, which keeps q.k and the value it carries. in_perm / out_perm keep the
+    caller's feature order along the last dim, as in BioMLP.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, d_model: int = 32, n_blocks: int = 2, n_heads: int = 1,
+                 d_mlp: int = 128, layer_norm: bool = False, bias: bool = True,
+                 generator: torch.Generator | None = None):
+        super().__init__()
+        dims = dict(in_dim=in_dim, out_dim=out_dim, d_model=d_model, n_blocks=n_blocks, n_heads=n_heads,
+                    d_mlp=d_mlp)
+        for k, v in dims.items():
+            if not isinstance(v, int) or v <= 0:
+                raise ValueError(f"{k} must be a positive integer, got {v!r}")
+        if d_model % n_heads:
+            raise ValueError(f"d_model {d_model} is not divisible by n_heads {n_heads}")
+        self.in_dim, self.out_dim, self.d_model = in_dim, out_dim, d_model
+        self.n_heads, self.d_mlp = n_heads, d_mlp
+        self.embed_in = BioLinear(in_dim, d_model, bias, generator=generator)
+        self.blocks = nn.ModuleList(BioBlock(d_model, n_heads, d_mlp, layer_norm, bias, generator)
+                                    for _ in range(n_blocks))
+        self.ln_f = nn.LayerNorm(d_model) if layer_norm else nn.Identity()
+        self.unembed = BioLinear(d_model, out_dim, bias, generator=generator)  # registered last: "last layer"
+        self.register_buffer("in_perm", torch.arange(in_dim))
+        self.register_buffer("out_perm", torch.arange(out_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 3 or x.shape[-1] != self.in_dim:
+            raise ValueError(f"BioTransformer expects inputs of shape (batch, seq, {self.in_dim}), "
+                             f"got {tuple(x.shape)}")
+        return self.forward_internal(x[..., self.in_perm])[..., torch.argsort(self.out_perm)]
+
+    def forward_internal(self, x: torch.Tensor, return_all: bool = False):
+        """(B, T, in_dim) in internal order -> (B, T, out_dim) in internal order. With return_all, also the
+        list of residual-stream states (B, T, d_model): after the input linear, then after every attention
+        and every MLP."""
+        h = self.embed_in(x)
+        stream = [h]
+        for blk in self.blocks:
+            h = h + blk.attention(blk.ln1(h))
+            stream.append(h)
+            h = h + blk.mlp(blk.ln2(h))
+            stream.append(h)
+        y = self.unembed(self.ln_f(h))
+        return (y, stream) if return_all else y
+
+    def neuron_layers(self) -> list[NeuronLayer]:
+        """'input', 'residual', then per block b 'block{b}.heads' (units: heads), 'block{b}.head{h}' (units:
+        channels of head h) and 'block{b}.mlp_hidden', then 'output'. No BioLinear is both 'in' and 'out'
+        of one layer, so `relocate`'s separable swap cost applies."""
+        d, nh, dh = self.d_model, self.n_heads, self.d_model // self.n_heads
+
+        def connect(layer, lin, role, index):
+            layer.add(lin, "weight", 0 if role == "in" else 1, index, role)
+            if role == "in" and lin.bias is not None:
+                layer.add(lin, "bias", 0, index)
+
+        inp = NeuronLayer("input", self.in_dim)
+        inp.add(self, "in_perm", 0, fold_index(self.in_dim, 1))
+        connect(inp, self.embed_in, "out", fold_index(self.in_dim, 1))
+        res, ri = NeuronLayer("residual", d), fold_index(d, 1)
+        lns = [self.ln_f]
+        connect(res, self.embed_in, "in", ri)
+        for blk in self.blocks:
+            for lin, role in ((blk.attn_out, "in"), (blk.mlp_out, "in"), (blk.qkv, "out"), (blk.mlp_in, "out")):
+                connect(res, lin, role, ri)
+            lns += [blk.ln1, blk.ln2]
+        connect(res, self.unembed, "out", ri)
+        for ln in lns:
+            for attr in ("weight", "bias"):
+                if isinstance(ln, nn.LayerNorm) and getattr(ln, attr) is not None:
+                    res.add(ln, attr, 0, ri)
+        layers = [inp, res]
+        rows = torch.arange(3 * d).view(3, nh, dh)  # q|k|v row of (copy, head, channel)
+        cols = torch.arange(d).view(nh, dh)         # attention-output column of (head, channel)
+        for b, blk in enumerate(self.blocks):
+            heads = NeuronLayer(f"block{b}.heads", nh)
+            connect(heads, blk.qkv, "in", rows.permute(0, 2, 1).reshape(3 * dh, nh))
+            connect(heads, blk.attn_out, "out", cols.T)
+            layers.append(heads)
+            for h in range(nh):
+                head = NeuronLayer(f"block{b}.head{h}", dh)
+                connect(head, blk.qkv, "in", rows[:, h])
+                connect(head, blk.attn_out, "out", cols[h][None])
+                layers.append(head)
+            mlp = NeuronLayer(f"block{b}.mlp_hidden", self.d_mlp)
+            connect(mlp, blk.mlp_in, "in", fold_index(self.d_mlp, 1))
+            connect(mlp, blk.mlp_out, "out", fold_index(self.d_mlp, 1))
+            layers.append(mlp)
+        out = NeuronLayer("output", self.out_dim)
+        connect(out, self.unembed, "in", fold_index(self.out_dim, 1))
+        out.add(self, "out_perm", 0, fold_index(self.out_dim, 1))
+        return layers + [out]
+
+    def swap(self, layer, j: int, k: int, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Exchange units j and k of a neuron layer (index or name); the function is unchanged."""
+        swap_units(self, layer, j, k, optimizer)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Connection cost
 
@@ -293,6 +437,8 @@ def connection_cost(model: nn.Module, weight_factor: float = 1.0, l0: float = 0.
 
 
 def _get_layer(model: nn.Module, layer) -> NeuronLayer:
+    if isinstance(layer, NeuronLayer):
+        return layer
     layers = model.neuron_layers()
     if isinstance(layer, str):
         for nl in layers:
@@ -304,16 +450,16 @@ def _get_layer(model: nn.Module, layer) -> NeuronLayer:
     return layers[layer]
 
 
-def _swap_perm(size: int, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    perm = torch.arange(size)
-    perm[a], perm[b] = b, a  # a, b are fresh index tensors, not views of perm: no aliasing
-    return perm
+def _swap_slices(t: torch.Tensor, dim: int, a: torch.Tensor, b: torch.Tensor) -> None:
+    ta, tb = t.index_select(dim, a), t.index_select(dim, b)  # copies, so no aliasing between the two
+    t.index_copy_(dim, a, tb)
+    t.index_copy_(dim, b, ta)
 
 
 def swap_units(model: nn.Module, layer, j: int, k: int,
                optimizer: torch.optim.Optimizer | None = None) -> None:
-    """Exchange units j and k of `layer` in every member tensor (and in the optimizer's per-parameter state,
-    e.g. Adam's moments, so training continues exactly as if nothing had moved)."""
+    """Exchange units j and k of `layer` (index, name or NeuronLayer) in every member tensor, and in the
+    optimizer's per-parameter state (e.g. Adam's moments) so that training goes on as if nothing moved."""
     nl = _get_layer(model, layer)
     if nl.fixed:
         raise ValueError(f"neuron layer {nl.name!r} is fixed (fix_inputs=True); its neurons cannot be swapped")
@@ -324,13 +470,13 @@ def swap_units(model: nn.Module, layer, j: int, k: int,
         return
     for module, attr, dim, index, _ in nl.members:
         t = getattr(module, attr)
-        perm = _swap_perm(t.shape[dim], index[:, j], index[:, k]).to(t.device)
+        a, b = index[:, j].to(t.device), index[:, k].to(t.device)
         with torch.no_grad():
-            t.copy_(t.index_select(dim, perm))
+            _swap_slices(t, dim, a, b)
         state = optimizer.state.get(t, {}) if optimizer is not None else {}
         for v in state.values():
             if torch.is_tensor(v) and v.shape == t.shape:
-                v.copy_(v.index_select(dim, perm))
+                _swap_slices(v, dim, a, b)
 
 
 def neuron_scores(nl: NeuronLayer) -> torch.Tensor:
@@ -366,21 +512,27 @@ def placement_costs(nl: NeuronLayer, coefs: dict) -> torch.Tensor:
     return P
 
 
+SWAP_TOL = 1e-9  # a swap must lower the cost by more than this fraction of the total: ties are not swaps
+
+
 def relocate(model: nn.Module, top_k: int, optimizer: torch.optim.Optimizer | None = None,
              **cost_kwargs) -> int:
     """The paper's greedy swap pass; returns the number of swaps made.
 
     For each neuron layer in order (fixed layers skipped), rank units by `neuron_scores`, take the top_k, and
     for each of those units in turn (following it if an earlier swap moved it) find the partner whose swap
-    gives the lowest total connection cost; swap if that is lower than the current cost. This chooses
-    exactly what recomputing `connection_cost` for every candidate would (tests/test_core.py checks it
-    against that brute force), at the price of one small matrix product per layer.
+    gives the lowest total connection cost; swap if that lowers the cost by more than SWAP_TOL of the total
+    (exact ties, e.g. output swaps when the last layer pays l0 only, would otherwise be decided by rounding).
+    This chooses exactly what recomputing `connection_cost` for every candidate would (tests/test_core.py
+    checks it against that brute force), at the price of one small matrix product per layer.
     cost_kwargs: those of `connection_cost` (biases and embeddings do not depend on position).
     """
+    with torch.no_grad():
+        tol = SWAP_TOL * float(connection_cost(model, **cost_kwargs))
     coefs = cost_coefficients(model, **{k: v for k, v in cost_kwargs.items()
                                          if k not in ("bias_penalty", "embedding_penalty")})
     swaps = 0
-    for li, nl in enumerate(model.neuron_layers()):
+    for nl in model.neuron_layers():
         if nl.fixed or nl.n_units < 2:
             continue
         P = placement_costs(nl, coefs)
@@ -392,8 +544,8 @@ def relocate(model: nn.Module, top_k: int, optimizer: torch.optim.Optimizer | No
             delta = P[j] + P[:, j] - P[j, j] - P.diagonal()
             delta[j] = math.inf
             k = int(torch.argmin(delta))
-            if delta[k] < 0:
-                swap_units(model, li, j, k, optimizer)
+            if delta[k] < -tol:
+                swap_units(model, nl, j, k, optimizer)
                 P[[j, k]] = P[[k, j]]
                 at[j], at[k] = at[k], at[j]
                 where[at[j]], where[at[k]] = j, k

@@ -1,0 +1,394 @@
+"""Core tests: every check has an oracle (the unswapped model, a naive double loop, brute-force relocation)."""
+import copy
+import dataclasses
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import bimt_core as bc
+
+# Each kind of MLP in the paper: (constructor kwargs, input maker).
+KINDS = {
+    "line": dict(shape=[4, 20, 20, 2]),
+    "deep": dict(shape=[4, 8, 8, 8, 8, 1]),
+    "folded": dict(shape=[6, 10, 3], in_fold=2),
+    "embedding": dict(shape=[16, 12, 12, 7], in_fold=2, vocab_size=7),
+    "grid": dict(shape=[16, 9, 9, 4], geometry="grid"),
+    "ring": dict(shape=[16, 9, 9, 6], geometry="grid", out_geometry="ring"),
+}
+
+
+def make(kind, seed=0, **over):
+    g = torch.Generator().manual_seed(seed)
+    return bc.BioMLP(**{**KINDS[kind], **over}, generator=g)
+
+
+def inputs(model, n=32, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    if model.embedding is not None:
+        return torch.randint(model.embedding.shape[0], (n, model.in_fold), generator=g)
+    return torch.randn(n, model.shape[0], generator=g)
+
+
+# ---------------------------------------------------------------------------------------------- geometry
+
+def test_line_coords_follow_the_formula():
+    c = bc.neuron_coords(4)
+    assert c.shape == (4, 1)
+    assert c[:, 0].tolist() == pytest.approx([1 / 8, 3 / 8, 5 / 8, 7 / 8])
+
+
+def test_folded_coords_repeat_per_copy():
+    c = bc.neuron_coords(6, fold=2)[:, 0]
+    assert c.tolist() == pytest.approx([1 / 6, 3 / 6, 5 / 6] * 2)
+
+
+def test_grid_coords_are_cell_centres():
+    c = bc.neuron_coords(9, "grid")
+    assert c.shape == (9, 2)
+    assert c[0].tolist() == pytest.approx([1 / 6, 1 / 6])
+    assert c[5].tolist() == pytest.approx([5 / 6, 3 / 6])  # column 2, row 1
+
+
+def test_ring_coords_lie_on_circle_of_radius_quarter():
+    c = bc.neuron_coords(10, "ring")
+    r = ((c - 0.5) ** 2).sum(1).sqrt()
+    assert torch.allclose(r, torch.full((10,), 0.25))
+    assert len({tuple(p) for p in c.round(decimals=5).tolist()}) == 10
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: bc.neuron_coords(10, fold=3), "fold 3 must be a positive integer dividing the layer width 10"),
+    (lambda: bc.neuron_coords(10, "grid"), "perfect-square"),
+    (lambda: bc.neuron_coords(0), "positive integer"),
+    (lambda: bc.neuron_coords(-3), "positive integer"),
+    (lambda: bc.neuron_coords(4, "cube"), "unknown geometry"),
+    (lambda: bc.BioMLP([4, 0, 2]), "positive"),
+    (lambda: bc.BioMLP([4]), "at least an input and an output"),
+    (lambda: bc.BioMLP([5, 9, 2], in_fold=2), "dividing the layer width 5"),
+    (lambda: bc.BioMLP([16, 10, 4], geometry="grid"), "perfect-square"),
+    (lambda: bc.BioMLP([4, 4, 2], activation="swish"), "unknown activation"),
+    (lambda: bc.BioMLP([4, 4, 3], out_geometry="ring"), "same space"),
+])
+def test_bad_geometry_and_layers_raise_clear_errors(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_manhattan_distance_in_2d():
+    d = bc.manhattan(torch.tensor([[0.0, 0.0]]), torch.tensor([[0.25, 0.5], [1.0, 1.0]]))
+    assert d[0].tolist() == pytest.approx([0.75, 2.0])
+
+
+# ---------------------------------------------------------------------------------------------- forward
+
+def test_wrong_input_width_raises():
+    m = make("line")
+    with pytest.raises(ValueError, match=r"shape \(batch, 4\), got \(8, 5\)"):
+        m(torch.zeros(8, 5))
+    with pytest.raises(ValueError, match="width 4"):
+        m.linears[0](torch.zeros(8, 3))
+
+
+def test_bad_tokens_raise():
+    m = make("embedding")
+    with pytest.raises(ValueError, match="long tokens of shape"):
+        m(torch.zeros(8, 2))
+    with pytest.raises(ValueError, match=r"tokens must lie in \[0, 7\)"):
+        m(torch.full((3, 2), 7))
+
+
+def test_init_is_seeded_by_the_generator_only():
+    a, b, c = make("line", seed=3), make("line", seed=3), make("line", seed=4)
+    assert torch.equal(a.linears[1].weight, b.linears[1].weight)
+    assert not torch.equal(a.linears[1].weight, c.linears[1].weight)
+
+
+# ---------------------------------------------------------------------------------------------- swapping
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_random_swaps_preserve_the_function(kind):
+    m = make(kind)
+    x = inputs(m)
+    ref = m(x).detach()
+    before = copy.deepcopy(m.state_dict())
+    g = torch.Generator().manual_seed(5)
+    for li, nl in enumerate(m.neuron_layers()):
+        for _ in range(6 if nl.n_units > 1 else 0):
+            j, k = torch.randperm(nl.n_units, generator=g)[:2].tolist()
+            m.swap(li, j, k)
+    assert any(not torch.equal(v, m.state_dict()[k]) for k, v in before.items())
+    assert torch.allclose(m(x), ref, atol=1e-6, rtol=1e-5)
+
+
+def test_swap_really_exchanges_both_neurons():
+    # The tuple-swap aliasing bug (`w[j], w[k] = w[k], w[j]` on views) would copy one row onto both.
+    m = make("line")
+    w = m.linears[0].weight.detach().clone()
+    m.swap(1, 2, 7)
+    got = m.linears[0].weight.detach()
+    assert torch.equal(got[2], w[7]) and torch.equal(got[7], w[2])
+    assert not torch.equal(got[2], got[7])
+
+
+def test_folded_swap_moves_every_copy_and_embedding_column():
+    m = make("embedding")
+    w, e = m.linears[0].weight.detach().clone(), m.embedding.detach().clone()
+    m.swap("input", 1, 5)
+    got = m.linears[0].weight.detach()
+    assert torch.equal(got[:, 1], w[:, 5]) and torch.equal(got[:, 9], w[:, 13])
+    assert torch.equal(m.embedding[:, 1], e[:, 5])
+
+
+def test_output_swap_updates_out_perm_not_callers_order():
+    m = make("line")
+    m.swap("output", 0, 1)
+    assert m.out_perm.tolist() == [1, 0]
+    m2 = make("line", fix_inputs=False)
+    m2.swap("input", 0, 3)
+    assert m2.in_perm.tolist() == [3, 1, 2, 0]
+
+
+def test_fixed_inputs_cannot_be_swapped_and_are_skipped_by_relocate():
+    m = make("grid", fix_inputs=True)
+    with pytest.raises(ValueError, match="fixed"):
+        m.swap("input", 0, 1)
+    w0 = m.linears[0].weight.detach().clone()
+    bc.relocate(m, top_k=4)
+    assert torch.equal(m.in_perm, torch.arange(16))
+    # input columns never move; only row permutations (hidden swaps) may have happened
+    assert torch.equal(m.linears[0].weight.detach().sort(0).values, w0.sort(0).values)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda m: m.swap(9, 0, 1), "layer must be a name or an index"),
+    (lambda m: m.swap("hidden7", 0, 1), "no neuron layer named"),
+    (lambda m: m.swap(1, 0, 20), r"unit index must be an int in \[0, 20\)"),
+])
+def test_bad_swap_arguments_raise(call, match):
+    with pytest.raises(ValueError, match=match):
+        call(make("line"))
+
+
+def test_swap_permutes_adam_state_with_the_weights():
+    m = make("line")
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
+    F.mse_loss(m(inputs(m)), torch.zeros(32, 2)).backward()
+    opt.step()
+    state = opt.state[m.linears[0].weight]["exp_avg"].clone()
+    m.swap(1, 0, 3, optimizer=opt)
+    got = opt.state[m.linears[0].weight]["exp_avg"]
+    assert torch.equal(got[0], state[3]) and torch.equal(got[3], state[0])
+
+
+# ---------------------------------------------------------------------------------------------- connection cost
+
+def naive_cost(model, A, l0, agg, bias, emb, last_l0):
+    """Oracle: a plain double loop over every weight, positions recomputed from the formulas."""
+    total = 0.0
+    lins = list(model.linears)
+    for li, lin in enumerate(lins):
+        W = lin.weight.detach().double()
+        n_out, n_in = W.shape
+        terms = 0.0
+        for i in range(n_out):
+            for j in range(n_in):
+                d = sum(abs(float(a) - float(b)) for a, b in zip(lin.out_coords[i], lin.in_coords[j]))
+                a = 0.0 if (last_l0 and li == len(lins) - 1) else A
+                terms += abs(float(W[i, j])) * (a * d + l0)
+        total += terms / (W.numel() if agg == "mean" else 1)
+        if bias:
+            total += sum(abs(float(b)) * l0 for b in lin.bias.detach()) / (n_out if agg == "mean" else 1)
+    if emb and model.embedding is not None:
+        E = model.embedding.detach()
+        total += float(E.abs().sum()) * l0 / (E.numel() if agg == "mean" else 1)
+    return total
+
+
+@pytest.mark.parametrize("kind", ["line", "folded", "embedding", "grid", "ring"])
+@pytest.mark.parametrize("agg", ["sum", "mean"])
+def test_connection_cost_equals_naive_double_loop(kind, agg):
+    m = make(kind)
+    for A, l0, bias, emb, last in [(1.0, 0.1, False, False, False), (2.0, 0.5, True, True, True)]:
+        got = bc.connection_cost(m, weight_factor=A, l0=l0, agg=agg, bias_penalty=bias,
+                                 embedding_penalty=emb, last_layer_l0_only=last)
+        assert got.item() == pytest.approx(naive_cost(m, A, l0, agg, bias, emb, last), rel=1e-5)
+
+
+def test_connection_cost_has_gradients_and_rejects_bad_agg():
+    m = make("line")
+    bc.connection_cost(m).backward()
+    assert m.linears[0].weight.grad is not None and m.linears[0].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="agg must be 'sum' or 'mean'"):
+        bc.connection_cost(m, agg="max")
+
+
+def test_state_dict_round_trip_restores_everything():
+    m = make("ring")
+    bc.relocate(m, top_k=5, weight_factor=2.0, l0=0.5)
+    for li in (0, 3):
+        m.swap(li, 0, 2)
+    x = inputs(m)
+    m2 = bc.BioMLP(**KINDS["ring"])
+    m2.load_state_dict(m.state_dict())
+    assert torch.equal(m2(x), m(x))
+    assert torch.equal(m2.in_perm, m.in_perm) and torch.equal(m2.out_perm, m.out_perm)
+    assert {"linears.0.in_coords", "linears.2.out_coords", "in_perm", "out_perm"} <= set(m.state_dict())
+
+
+# ---------------------------------------------------------------------------------------------- relocate
+
+def brute_force_relocate(model, top_k, **cost_kwargs):
+    """Oracle: the authors' procedure. For each candidate, swap, recompute the WHOLE cost, swap back.
+    A swap must beat the current cost by SWAP_TOL of the starting total (bimt_core.relocate's rule)."""
+    swaps = 0
+    tol = bc.SWAP_TOL * bc.connection_cost(model, **cost_kwargs).item()
+    for li, nl in enumerate(model.neuron_layers()):
+        if nl.fixed or nl.n_units < 2:
+            continue
+        score = torch.zeros(nl.n_units, dtype=torch.float64)
+        for module, attr, dim, index, role in nl.members:
+            if role is not None:
+                w = getattr(module, attr).detach().abs().double()
+                for u in range(nl.n_units):
+                    score[u] += w.index_select(dim, index[:, u]).sum()
+        order = torch.argsort(score, descending=True, stable=True)[:top_k].tolist()
+        where = list(range(nl.n_units))
+        for u in order:
+            j = where[u]
+            base = bc.connection_cost(model, **cost_kwargs).item()
+            costs = []
+            for k in range(nl.n_units):
+                if k == j:
+                    costs.append(math.inf)
+                    continue
+                model.swap(li, j, k)
+                costs.append(bc.connection_cost(model, **cost_kwargs).item())
+                model.swap(li, j, k)
+            k = min(range(nl.n_units), key=costs.__getitem__)
+            if costs[k] < base - tol:
+                model.swap(li, j, k)
+                moved = {v: p for v, p in enumerate(where)}
+                for v, p in moved.items():
+                    if p == j:
+                        where[v] = k
+                    elif p == k:
+                        where[v] = j
+                swaps += 1
+    return swaps
+
+
+def trained(kind, steps=60, seed=0, **over):
+    """A briefly trained model, so that weights are not i.i.d. and swaps matter."""
+    m = make(kind, seed=seed, **over)
+    x = inputs(m, n=64, seed=seed)
+    target = torch.randn(64, m.shape[-1], generator=torch.Generator().manual_seed(seed))
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
+    for _ in range(steps):
+        loss = F.mse_loss(m(x), target) + 1e-2 * bc.connection_cost(m, weight_factor=2.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return m
+
+
+def assert_same_relocation(m, top_k, **kw):
+    oracle = copy.deepcopy(m).double()
+    n_fast = bc.relocate(m, top_k, **kw)
+    n_brute = brute_force_relocate(oracle, top_k, **kw)
+    assert n_fast == n_brute
+    for (name, a), (_, b) in zip(m.state_dict().items(), oracle.state_dict().items()):
+        if a.is_floating_point():
+            assert torch.equal(a.double(), b), name  # the same swaps move the same float32 values
+        else:
+            assert torch.equal(a, b), name
+    assert bc.connection_cost(m, **kw).item() == pytest.approx(bc.connection_cost(oracle, **kw).item(), rel=1e-6)
+    return n_fast
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_relocate_equals_brute_force(kind, seed):
+    m = trained(kind, seed=seed)
+    kw = dict(weight_factor=2.0 if seed else 1.0, l0=0.5 if seed else 0.1, agg="mean" if seed % 2 else "sum",
+              last_layer_l0_only=seed == 2)
+    cost0 = bc.connection_cost(m, **kw).item()
+    x = inputs(m)
+    ref = m(x).detach()
+    n = assert_same_relocation(m, top_k=5, **kw)
+    assert n > 0  # otherwise the comparison proves little
+    assert bc.connection_cost(m, **kw).item() < cost0
+    assert torch.allclose(m(x), ref, atol=1e-5, rtol=1e-4)
+
+
+def test_relocate_equals_brute_force_on_mnist_shape():
+    g = torch.Generator().manual_seed(0)
+    m = bc.BioMLP([784, 100, 100, 10], geometry="grid", out_geometry="ring", fix_inputs=True, generator=g)
+    x = torch.rand(100, 784, generator=g)
+    y = F.one_hot(torch.randint(10, (100,), generator=g), 10).float()
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+    for _ in range(20):
+        loss = F.mse_loss(m(x), y) + 0.1 * bc.connection_cost(m, weight_factor=2.0, l0=0.5, agg="mean")
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    # top_k kept small: the oracle recomputes 89k-weight costs for every candidate.
+    n = assert_same_relocation(m, top_k=3, weight_factor=2.0, l0=0.5, agg="mean", last_layer_l0_only=True)
+    assert n > 0
+    # the last layer pays l0 only, so every output swap is an exact tie: rounding must not move outputs
+    assert torch.equal(m.out_perm, torch.arange(10))
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+def tiny_task(n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 4, generator=g) * 2 - 1
+    return x, torch.stack([(x[:, 0] + x[:, 2]) ** 3, x[:, 1] ** 2 + torch.sin(math.pi * x[:, 3])], 1)
+
+
+def test_lambda_schedule_and_bias_switch():
+    cfg = bc.BIMTConfig(steps=100, lam=1e-3, lam_schedule=((0.25, 10.0), (0.75, 0.1)), bias_penalty_from=0.75)
+    assert [cfg.lam_at(s) for s in (0, 24, 25, 74, 75, 99)] == pytest.approx([1e-3, 1e-3, 1e-2, 1e-2, 1e-3, 1e-3])
+    assert not cfg.cost_kwargs(74)["bias_penalty"] and cfg.cost_kwargs(75)["bias_penalty"]
+    assert not dataclasses.replace(cfg, bias_penalty_from=None).cost_kwargs(99)["bias_penalty"]
+
+
+def test_same_seed_gives_identical_history():
+    cfg = bc.BIMTConfig(steps=120, swap_every=40, eval_every=20, seed=3, batch_size=16)
+    data = tiny_task()
+    runs = []
+    for _ in range(2):
+        m = make("line", seed=3)
+        runs.append((bc.train(m, cfg, data, data, F.mse_loss, progress=False), m.state_dict()))
+    (h1, s1), (h2, s2) = runs
+    assert h1 == h2
+    assert all(torch.equal(s1[k], s2[k]) for k in s1)
+    assert h1["step"] == list(range(0, 120, 20)) + [119]
+    assert h1["swaps"][-1] > 0
+    assert h1["test_loss"][-1] < h1["test_loss"][0]
+
+
+def test_train_calls_snapshots_and_records_metric():
+    seen = []
+    cfg = bc.BIMTConfig(steps=30, eval_every=10, swap=False)
+    x, y = tiny_task()
+    bc.train(make("line"), cfg, (x, y), (x, y), F.mse_loss, metric_fn=lambda o, t: 0.5,
+             snapshot_fn=lambda step, model: seen.append(step), snapshot_every=10, progress=False)
+    assert seen == [0, 10, 20, 29]
+
+
+def test_nan_loss_raises_with_step_and_lambda():
+    x, y = tiny_task()
+    y[5, 0] = float("nan")
+    cfg = bc.BIMTConfig(steps=10, lam=0.02, lam_schedule=())
+    with pytest.raises(FloatingPointError, match=r"at step 0 \(lambda=0.02"):
+        bc.train(make("line"), cfg, (x, y), (x, y), F.mse_loss, progress=False)
+
+
+def test_train_rejects_mismatched_data():
+    x, y = tiny_task()
+    with pytest.raises(ValueError, match="differ in length"):
+        bc.train(make("line"), bc.BIMTConfig(steps=1), (x, y[:10]), (x, y), F.mse_loss, progress=False)

@@ -7,12 +7,15 @@ d_model 32, 2 blocks, 1 head, MLP 128. Relocate: top_k 20 over every neuron laye
 """
 import argparse
 import copy
+import pathlib
 import statistics
+import sys
 import time
 
 import torch
 
-from bimt_core import BioTransformer, connection_cost, relocate
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from bimt_core import BioTransformer, connection_cost, relocate  # noqa: E402
 
 COST = dict(weight_factor=2.0, l0=0.5, agg="mean")  # Fig 7's cost settings
 

@@ -1051,20 +1051,42 @@ def threshold_view(model: nn.Module, threshold: float, metric_fn=None, ax=None, 
     return report
 
 
-def threshold_explorer(model: nn.Module, metric_fn=None, graph: Graph | None = None, draw=None,
-                       max_threshold: float = 1.0, figsize=(6, 6), **draw_kw):
-    """An ipywidgets slider over the pruning threshold: re-draws the pruned network and prints its report."""
+def _slider_view(slider, render, figsize) -> "ipywidgets.VBox":
+    """A slider above a picture and a text; render(value, fig) draws into fig and returns the text.
+
+    The picture is a PNG in an Image widget, not an Output widget: capturing plots into Output widgets
+    intermittently deadlocks headless execution (nbconvert / nbclient), which the notebooks rely on."""
+    import html
+    import io
+
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
 
-    def show(threshold):
+    image, text = widgets.Image(format="png"), widgets.HTML()
+
+    def update(change=None):
         fig = plt.figure(figsize=figsize)
-        print(threshold_view(model, threshold, metric_fn, _new_axes(fig, draw), graph, draw, **draw_kw))
-        plt.show()
+        report = render(slider.value, fig)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=90)
+        plt.close(fig)
+        image.value = buf.getvalue()
+        text.value = "" if report is None else f"<pre>{html.escape(str(report))}</pre>"
+
+    slider.observe(update, names="value")
+    update()
+    return widgets.VBox([slider, image, text])
+
+
+def threshold_explorer(model: nn.Module, metric_fn=None, graph: Graph | None = None, draw=None,
+                       max_threshold: float = 1.0, figsize=(6, 6), **draw_kw):
+    """An ipywidgets slider over the pruning threshold: re-draws the pruned network and shows its report."""
+    import ipywidgets as widgets
 
     slider = widgets.FloatSlider(value=0.0, min=0.0, max=max_threshold, step=max_threshold / 100,
                                  description="threshold", continuous_update=False, readout_format=".2f")
-    return widgets.interactive(show, threshold=slider)
+    return _slider_view(slider, lambda t, fig: threshold_view(model, t, metric_fn, _new_axes(fig, draw), graph,
+                                                              draw, **draw_kw), figsize)
 
 
 def snapshot_explorer(model: nn.Module, snapshots: list, draw=None, figsize=(6, 6), **draw_kw):
@@ -1072,18 +1094,15 @@ def snapshot_explorer(model: nn.Module, snapshots: list, draw=None, figsize=(6, 
     import copy
 
     import ipywidgets as widgets
-    import matplotlib.pyplot as plt
 
     m = copy.deepcopy(model)
-
-    def show(frame):
-        fig = plt.figure(figsize=figsize)
-        draw_snapshot(m, snapshots[frame], _new_axes(fig, draw), draw, **draw_kw)
-        plt.show()
-
     slider = widgets.IntSlider(value=0, min=0, max=len(snapshots) - 1, description="snapshot",
                                continuous_update=False)
-    return widgets.interactive(show, frame=slider)
+
+    def render(i, fig):
+        draw_snapshot(m, snapshots[i], _new_axes(fig, draw), draw, **draw_kw)
+
+    return _slider_view(slider, render, figsize)
 
 
 # ----------------------------------------------------------------------------------------------------------

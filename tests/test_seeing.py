@@ -1,5 +1,4 @@
 """Seeing the modules: metrics on hand-built graphs, pruning, interventions, plots, GIFs, widgets."""
-import warnings
 
 import matplotlib
 
@@ -242,14 +241,16 @@ def test_threshold_view_and_widgets_build():
     r = bc.threshold_view(m, 0.4, metric_fn=lambda model: float(model.linears[0].weight.count_nonzero()))
     assert r.connections == 5 and r.metric == 3.0
     assert torch.equal(m.linears[0].weight, before)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # Agg's plt.show() warns that it cannot show
-        w = bc.threshold_explorer(m, metric_fn=lambda model: 1.0)
-        w.children[0].value = 0.5
-        snaps = [(0, m.state_dict()), (5, m.state_dict())]
-        s = bc.snapshot_explorer(m, snaps)
-        s.children[0].value = 1
-    assert w.children[0].description == "threshold" and s.children[0].max == 1
+    w = bc.threshold_explorer(m, metric_fn=lambda model: 1.0)
+    slider, image, text = w.children
+    first = image.value
+    assert first[:4] == b"\x89PNG" and "threshold 0:" in text.value
+    slider.value = 0.5
+    assert image.value != first and "threshold 0.5:" in text.value
+    snaps = [(0, m.state_dict()), (5, m.state_dict())]
+    s = bc.snapshot_explorer(m, snaps)
+    s.children[0].value = 1
+    assert slider.description == "threshold" and s.children[0].max == 1 and s.children[1].value[:4] == b"\x89PNG"
 
 
 def small_transformer():

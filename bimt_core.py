@@ -7,12 +7,14 @@ Every neuron has a position in space. The loss pays for each connection in propo
 (`connection_cost`), and every few hundred steps neurons of a layer exchange places when that lowers the
 cost (`relocate`); a swap permutes weights, never the function the network computes.
 
-Read top to bottom: geometry -> layers -> models -> cost -> swapping -> training.
+Read top to bottom: geometry -> layers -> models -> cost -> swapping -> analysis -> plotting -> training.
 """
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -549,6 +551,531 @@ def relocate(model: nn.Module, top_k: int, optimizer: torch.optim.Optimizer | No
                 where[at[j]], where[at[k]] = j, k
                 swaps += 1
     return swaps
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Analysis
+
+
+class Edge(NamedTuple):
+    """`linear` reads row src and writes row dst. cols[j]: the src position that the linear's input j reads
+    (None: the whole row, in order). linear None: an identity (a residual skip) between rows of one width,
+    drawn grey, never pruned and not counted as a connection."""
+    name: str
+    linear: BioLinear | None
+    src: int
+    dst: int
+    cols: torch.Tensor | None = None
+
+    def src_cols(self):
+        return slice(None) if self.cols is None else self.cols
+
+
+@dataclass
+class Graph:
+    """Rows of neurons (bottom to top) and the edges between them; what analysis and plotting walk.
+
+    Edges are listed so that every row is written before it is read. A model may describe itself with a
+    `graph()` method; BioMLP is the chain input -> hidden1 -> ... -> output (named as in `neuron_layers`),
+    BioTransformer is `transformer_graph`.
+    """
+    rows: list
+    edges: list
+
+    def __post_init__(self):
+        self.edges = [Edge(*e) for e in self.edges]
+
+
+def network_graph(model: nn.Module) -> Graph:
+    if hasattr(model, "graph"):
+        return model.graph()
+    if isinstance(model, BioTransformer):
+        return transformer_graph(model)
+    if not isinstance(getattr(model, "linears", None), nn.ModuleList):
+        raise ValueError(f"{type(model).__name__} has no graph() method and no .linears chain; pass graph=")
+    n = len(model.linears)
+    rows = ["input"] + [f"hidden{i}" for i in range(1, n)] + ["output"]
+    return Graph(rows, [(f"linears.{i}", lin, i, i + 1) for i, lin in enumerate(model.linears)])
+
+
+def transformer_graph(model: "BioTransformer") -> Graph:
+    """Rows input, embed (the residual stream after the input linear), then per block b: attention{b}
+    (q|k|v, three stacked copies of the head channels), residual, mlp{b} (hidden units), residual; then
+    output. The attention output linear reads the v copy (attention mixes positions, never channels); q, k
+    and v of a channel are one unit, as in `neuron_layers`. Residual skips are identity edges."""
+    d = model.d_model
+    rows, edges, res = ["input", "embed"], [("embed_in", model.embed_in, 0, 1)], 1
+    for b, blk in enumerate(model.blocks):
+        a = len(rows)
+        rows += [f"attention{b}", "residual", f"mlp{b}", "residual"]
+        edges += [(f"blocks.{b}.qkv", blk.qkv, res, a),
+                  (f"blocks.{b}.attn_out", blk.attn_out, a, a + 1, torch.arange(2 * d, 3 * d)),
+                  (f"blocks.{b}.attn_skip", None, res, a + 1),
+                  (f"blocks.{b}.mlp_in", blk.mlp_in, a + 1, a + 2),
+                  (f"blocks.{b}.mlp_out", blk.mlp_out, a + 2, a + 3),
+                  (f"blocks.{b}.mlp_skip", None, a + 1, a + 3)]
+        res = a + 3
+    return Graph(rows + ["output"], edges + [("unembed", model.unembed, res, len(rows))])
+
+
+@dataclass
+class Row:
+    """One row of neurons: coords (n, d); unit[p] = the unit at position p (the copies of a folded row are
+    one unit: an embedding dimension, or a channel's q|k|v), except on an input row of caller features;
+    caller[p] = the caller's index of that input or output (through in_perm / out_perm), None if hidden."""
+    name: str
+    coords: torch.Tensor
+    fold: int
+    unit: torch.Tensor
+    caller: torch.Tensor | None
+    kind: str  # 'input', 'hidden' or 'output'
+
+
+def graph_rows(model: nn.Module, graph: Graph) -> list[Row]:
+    found = {}
+    for e in graph.edges:
+        if e.linear is not None:
+            found.setdefault(e.dst, (e.linear.out_coords.cpu(), e.linear.out_fold))
+            if e.cols is None:
+                found.setdefault(e.src, (e.linear.in_coords.cpu(), e.linear.in_fold))
+    srcs, dsts = {e.src for e in graph.edges}, {e.dst for e in graph.edges}
+    rows = []
+    for r, name in enumerate(graph.rows):
+        coords, fold = found[r]
+        n, pos = len(coords), torch.arange(len(coords))
+        kind = "input" if r not in dsts else ("output" if r not in srcs else "hidden")
+        unit, caller = pos % (n // fold), None
+        if kind == "input":
+            perm = getattr(model, "in_perm", torch.arange(0)).cpu()
+            unit = pos if len(perm) == n else unit  # no perm: embedding dims
+            caller = perm if len(perm) == n else unit
+        elif kind == "output":
+            perm = getattr(model, "out_perm", torch.arange(0)).cpu()
+            caller = perm if len(perm) == n else pos
+        rows.append(Row(name, coords, fold, unit, caller, kind))
+    return rows
+
+
+def surviving(graph: Graph, threshold: float = 0.0) -> list[torch.Tensor]:
+    """Per edge, the (out, in) bool mask of connections with w != 0 and |w| >= threshold * max |w| of
+    that layer (threshold is relative: 0 keeps every non-zero weight, 1 only the strongest)."""
+    width = {e.dst: e.linear.out_features for e in graph.edges if e.linear is not None}
+    masks = []
+    for _, lin, s, _, _ in graph.edges:
+        w = torch.eye(width[s]) if lin is None else lin.weight.detach().abs().cpu()
+        masks.append((w > 0) & (w >= threshold * w.max()))
+    return masks
+
+
+def active_neurons(rows: list[Row], graph: Graph, masks: list) -> list[torch.Tensor]:
+    """Per row, a bool per unit. A neuron is active if it keeps at least one incoming and one outgoing
+    connection; inputs need only an outgoing one, outputs only an incoming one. Folded copies of an
+    embedded input count as one unit, active if any copy is."""
+    has_in = [torch.zeros(len(r.coords), dtype=torch.bool) for r in rows]
+    has_out = [torch.zeros(len(r.coords), dtype=torch.bool) for r in rows]
+    for e, m in zip(graph.edges, masks):
+        has_out[e.src][e.src_cols()] |= m.any(0)
+        has_in[e.dst] |= m.any(1)
+    active = []
+    for r, i, o in zip(rows, has_in, has_out):
+        a = o if r.kind == "input" else (i if r.kind == "output" else i & o)
+        units = torch.zeros(int(r.unit.max()) + 1, dtype=torch.bool)
+        units[r.unit[a]] = True
+        active.append(units)
+    return active
+
+
+@dataclass
+class Module:
+    """A connected component of the surviving graph that links inputs to outputs (caller indices);
+    hidden: row name -> positions of its hidden neurons."""
+    inputs: list
+    outputs: list
+    hidden: dict
+
+    def __str__(self):
+        return (f"inputs {_short(self.inputs)} -> outputs {_short(self.outputs)} "
+                f"({sum(map(len, self.hidden.values()))} hidden neurons)")
+
+
+def _short(xs: list, n: int = 12) -> str:
+    return str(xs) if len(xs) <= n else f"[{', '.join(map(str, xs[:n]))}, ... ({len(xs)} in all)]"
+
+
+def find_modules(rows: list[Row], graph: Graph, masks: list) -> list[Module]:
+    """Connected components (union-find over surviving connections) holding an input and an output."""
+    offset = [0]
+    for r in rows:
+        offset.append(offset[-1] + int(r.unit.max()) + 1)
+    parent = list(range(offset[-1]))
+
+    def root(a):
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    for e, m in zip(graph.edges, masks):
+        o, i = m.nonzero(as_tuple=True)
+        dst_units, src_units = rows[e.dst].unit[o], rows[e.src].unit[e.src_cols()][i]
+        for a, b in zip((offset[e.dst] + dst_units).tolist(), (offset[e.src] + src_units).tolist()):
+            ra, rb = root(a), root(b)
+            if ra != rb:
+                parent[ra] = rb
+    comps = {}
+    active = active_neurons(rows, graph, masks)
+    for ri, (r, act) in enumerate(zip(rows, active)):
+        for u in act.nonzero().flatten().tolist():
+            c = comps.setdefault(root(offset[ri] + u), Module([], [], {}))
+            if r.kind == "hidden":
+                c.hidden.setdefault(r.name, []).append(u)
+            else:
+                callers = r.caller[r.unit == u].tolist()
+                (c.inputs if r.kind == "input" else c.outputs).extend(callers[:1])
+    mods = [m for m in comps.values() if m.inputs and m.outputs]
+    for m in mods:
+        m.inputs.sort()
+        m.outputs.sort()
+    return sorted(mods, key=lambda m: m.outputs)
+
+
+def reachable_inputs(rows: list[Row], graph: Graph, masks: list) -> dict:
+    """{output (caller index): sorted inputs (caller index) with a surviving path to it}. One input row."""
+    inp = next(r for r in rows if r.kind == "input")
+    n_in = int(inp.caller.max()) + 1
+    reach = [None] * len(rows)
+    reach[rows.index(inp)] = F.one_hot(inp.caller, n_in).float()
+    for e, m in zip(graph.edges, masks):
+        s, d = e.src, e.dst
+        if reach[s] is None:
+            continue  # a row fed by no input
+        r = (m.float() @ reach[s][e.src_cols()] > 0).float()
+        reach[d] = r if reach[d] is None else torch.maximum(reach[d], r)
+    out = {}
+    for ri, r in enumerate(rows):
+        if r.kind == "output" and reach[ri] is not None:
+            for p, c in enumerate(r.caller.tolist()):
+                out[c] = reach[ri][p].nonzero().flatten().tolist()
+    return dict(sorted(out.items()))
+
+
+@dataclass
+class NetworkReport:
+    """The numbers behind a picture, at one relative threshold (see `analyze`)."""
+    threshold: float
+    connections: int
+    total_connections: int
+    neurons: int
+    total_neurons: int
+    wiring: float  # sum over surviving connections of |w| * length
+    reach: dict
+    modules: list
+    metric: float | None = None
+
+    def __str__(self):
+        lines = [f"threshold {self.threshold:g}: {self.connections}/{self.total_connections} connections, "
+                 f"{self.neurons}/{self.total_neurons} neurons active, wiring length {self.wiring:.4g}"
+                 + ("" if self.metric is None else f", metric {self.metric:.4g}")]
+        lines += [f"  output {o} reads inputs {_short(i)}" for o, i in self.reach.items()]
+        lines += [f"  module {k}: {m}" for k, m in enumerate(self.modules)]
+        return "\n".join(lines)
+
+
+def analyze(model: nn.Module, threshold: float = 0.0, graph: Graph | None = None) -> NetworkReport:
+    """Active connections and neurons, wiring length, reachability and modules of the connections that
+    survive a relative threshold (without changing the weights)."""
+    graph = graph or network_graph(model)
+    rows, masks = graph_rows(model, graph), surviving(graph, threshold)
+    active = active_neurons(rows, graph, masks)
+    wiring = sum(float((lin.weight.detach().abs().cpu() * lin.dist.cpu() * m).sum())
+                 for (_, lin, _, _, _), m in zip(graph.edges, masks) if lin is not None)
+    learned = [m for e, m in zip(graph.edges, masks) if e.linear is not None]  # skips are not counted
+    return NetworkReport(threshold, sum(int(m.sum()) for m in learned), sum(m.numel() for m in learned),
+                         sum(int(a.sum()) for a in active), sum(len(a) for a in active), wiring,
+                         reachable_inputs(rows, graph, masks), find_modules(rows, graph, masks))
+
+
+@dataclass
+class Pruned:
+    """What `prune` changed: the original weights by parameter name, and what survived. Also a context
+    manager that restores the weights on exit."""
+    saved: dict
+    connections: int
+    neurons: int
+    model: nn.Module = field(repr=False, default=None)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        restore(self.model, self)
+
+
+def _param_names(model: nn.Module) -> dict:
+    return {id(p): name for name, p in model.named_parameters()}
+
+
+def prune(model: nn.Module, threshold: float, graph: Graph | None = None) -> Pruned:
+    """Zero every weight with |w| < threshold * (its layer's max |w|); `restore(model, record)` undoes it."""
+    graph = graph or network_graph(model)
+    names, saved = _param_names(model), {}
+    masks = surviving(graph, threshold)
+    with torch.no_grad():
+        for (_, lin, _, _, _), m in filter(lambda em: em[0].linear is not None, zip(graph.edges, masks)):
+            saved[names[id(lin.weight)]] = lin.weight.detach().clone()
+            lin.weight.mul_(m.to(lin.weight.device))
+    report = analyze(model, 0.0, graph)
+    return Pruned(saved, report.connections, report.neurons, model)
+
+
+def restore(model: nn.Module, record) -> None:
+    """Put back the tensors saved in a `Pruned` record (or a {parameter name: tensor} dict)."""
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, t in getattr(record, "saved", record).items():
+            params[name].copy_(t)
+
+
+@contextmanager
+def intervene(model: nn.Module, weights: dict | None = None, neurons: dict | None = None,
+              embedding_dims=None, value: float = 0.0, graph: Graph | None = None):
+    """Within the block, set chosen weights, neuron activations or embedding dimensions to `value`
+    (0: knock-out); everything is restored on exit, also when the block raises.
+
+    weights:        {edge index: bool mask (out, in) or (rows, cols) index} of graph edges (BioMLP: linears).
+    neurons:        {row name or index: positions}, internal order as drawn; a neuron's activation is
+                    replaced by `value` where BioLinears read it (hooks; an identity edge still carries
+                    the original value) and, for outputs, where they are written. Positions
+                    of a folded input row name units: all copies are set.
+    embedding_dims: columns of model.embedding set to `value` for every token.
+    """
+    graph = graph or network_graph(model)
+    rows, names, saved, hooks = graph_rows(model, graph), _param_names(model), {}, []
+    try:
+        with torch.no_grad():
+            for e, where in (weights or {}).items():
+                w = graph.edges[e].linear.weight
+                saved[names[id(w)]] = w.detach().clone()
+                w[where] = value
+            if embedding_dims is not None:
+                saved[names[id(model.embedding)]] = model.embedding.detach().clone()
+                model.embedding[:, embedding_dims] = value
+        for row, pos in (neurons or {}).items():
+            r = graph.rows.index(row) if isinstance(row, str) else row
+            hit = torch.isin(rows[r].unit, torch.as_tensor(pos))
+            for e in filter(lambda e: e.linear is not None, graph.edges):
+                lin = e.linear
+                if e.src == r:
+                    idx = hit[e.src_cols()].nonzero().flatten()  # the linear's input columns
+                    hooks.append(lin.register_forward_pre_hook(
+                        lambda m, args, idx=idx: (args[0].index_fill(-1, idx.to(args[0].device), value),)))
+                elif e.dst == r and rows[r].kind == "output":
+                    idx = hit.nonzero().flatten()
+                    hooks.append(lin.register_forward_hook(
+                        lambda m, args, out, idx=idx: out.index_fill(-1, idx.to(out.device), value)))
+        yield model
+    finally:
+        for h in hooks:
+            h.remove()
+        restore(model, saved)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Plotting
+
+
+def _connections(graph: Graph, masks: list, points: list):
+    """Per edge: segments (k, 2, D) between neuron drawing positions, rgba colours (k, 4) and relative
+    strengths |w| / max |w| of the layer (k,), weakest first so that strong connections are drawn on top.
+    Blue is positive, red negative; alpha is the relative strength. Identity edges are thin and grey."""
+    for e, m in zip(graph.edges, masks):
+        lin = e.linear
+        w = m.float() if lin is None else lin.weight.detach().cpu().float()
+        o, i = m.nonzero(as_tuple=True)
+        wk = w[o, i]
+        rel = wk.abs() / w.abs().max().clamp_min(1e-30)
+        order = rel.argsort()
+        o, i, wk, rel = o[order], i[order], wk[order], rel[order]
+        rgba = torch.stack([(wk < 0).float(), torch.zeros_like(wk), (wk > 0).float(), rel], 1)
+        if lin is None:
+            rgba, rel = torch.tensor([0.5, 0.5, 0.5, 0.4]).expand(len(wk), 4), 0.25 * rel
+        segs = torch.stack([points[e.src][e.src_cols()][i], points[e.dst][o]], 1)
+        yield segs.numpy(), rgba.numpy(), rel.numpy()
+
+
+def _row_points(row: Row, y: int, fold_offset: float) -> torch.Tensor:
+    """(n, 2) drawing positions of a 1D row: x = coordinate, y = row index; the copies of a folded row are
+    stacked below copy 0, the last one fold_offset lower (operand embeddings as in the paper's Fig 5)."""
+    copy = torch.arange(len(row.coords)) // (len(row.coords) // row.fold)
+    return torch.stack([row.coords[:, 0].float(), y - fold_offset * copy.float() / max(row.fold - 1, 1)], 1)
+
+
+def plot_network(model: nn.Module, ax=None, threshold: float = 0.0, graph: Graph | None = None,
+                 in_labels=None, out_labels=None, max_lw: float = 2.0, fold_offset: float = 0.3,
+                 neuron_size: float = 12.0):
+    """Draw a 1D network as in the paper: neurons as dots at (coordinate, row), rows bottom to top, one
+    segment per connection with |w| >= threshold * max |w| of its layer, width and alpha proportional to
+    |w| / max |w|, blue positive, red negative. Each layer is one LineCollection (fast for 10^5 lines).
+
+    in_labels / out_labels: the caller's names of the inputs / outputs in the caller's order; they follow
+    in_perm / out_perm, so a label stays with its neuron after swaps. Returns the axes.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import LineCollection
+
+    graph = graph or network_graph(model)
+    rows = graph_rows(model, graph)
+    if any(r.coords.shape[1] != 1 for r in rows):
+        raise ValueError("plot_network draws 1D ('line') networks; use plot_network_3d for 2D ones")
+    if ax is None:
+        ax = plt.subplots(figsize=(6, 1.4 * len(rows)))[1]
+    pts = [_row_points(r, y, fold_offset) for y, r in enumerate(rows)]
+    for segs, rgba, rel in _connections(graph, surviving(graph, threshold), pts):
+        ax.add_collection(LineCollection(segs, colors=rgba, linewidths=max_lw * rel))
+    for r, p in zip(rows, pts):
+        ax.scatter(p[:, 0], p[:, 1], s=neuron_size, c="k", zorder=3)
+        labels = {"input": in_labels, "output": out_labels}.get(r.kind)
+        if labels is None:
+            continue
+        edge = p[:, 1] == (p[:, 1].min() if r.kind == "input" else p[:, 1].max())  # outermost copy only
+        for (x, y), c in zip(p[edge].tolist(), r.caller[edge].tolist()):
+            below = r.kind == "input"
+            ax.text(x, y - 0.1 if below else y + 0.1, str(labels[c]), ha="center",
+                    va="top" if below else "bottom", fontsize=8)
+    ax.set_yticks(range(len(rows)), [r.name for r in rows])
+    ax.set_xticks([])
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.5 - fold_offset * (rows[0].fold > 1), len(rows) - 0.5)
+    for side in ("top", "right", "bottom"):
+        ax.spines[side].set_visible(False)
+    return ax
+
+
+def plot_network_3d(model: nn.Module, ax=None, threshold: float = 0.0, graph: Graph | None = None,
+                    image=None, out_labels=None, max_lw: float = 1.0, neuron_size: float = 4.0,
+                    cmap: str = "Greys"):
+    """Draw a 2D network (MNIST's grids and output ring) in 3D: row k is the plane z = k, connections as in
+    `plot_network` (one Line3DCollection per layer). image: the caller's input values (e.g. a 28x28 digit),
+    shown on the input plane at each pixel's position (through in_perm). Returns the 3D axes."""
+    import matplotlib.pyplot as plt
+    from mpl_toolkits.mplot3d.art3d import Line3DCollection
+
+    graph = graph or network_graph(model)
+    rows = graph_rows(model, graph)
+    if ax is None:
+        ax = plt.figure(figsize=(7, 7)).add_subplot(projection="3d")
+    pts = []
+    for z, r in enumerate(rows):
+        xy = r.coords.float() if r.coords.shape[1] == 2 else F.pad(r.coords.float(), (0, 1), value=0.5)
+        pts.append(torch.cat([xy, torch.full((len(xy), 1), float(z))], 1))
+    for segs, rgba, rel in _connections(graph, surviving(graph, threshold), pts):
+        ax.add_collection3d(Line3DCollection(segs, colors=rgba, linewidths=max_lw * rel))
+    for r, p in zip(rows, pts):
+        if r.kind == "input" and image is not None:
+            vals = torch.as_tensor(image, dtype=torch.float32).flatten()[r.caller]
+            ax.scatter(p[:, 0], p[:, 1], p[:, 2], c=vals.numpy(), cmap=cmap, s=3 * neuron_size, marker="s",
+                       depthshade=False)
+        else:
+            ax.scatter(p[:, 0], p[:, 1], p[:, 2], c="k", s=neuron_size, depthshade=False)
+        if r.kind == "output" and out_labels is not None:
+            for (x, y, z), c in zip(p.tolist(), r.caller.tolist()):
+                ax.text(0.5 + 1.25 * (x - 0.5), 0.5 + 1.25 * (y - 0.5), z, str(out_labels[c]), ha="center",
+                        fontsize=8)
+    # y runs away from the viewer so that pixel row 0 (the top of an image) is at the back: digits read upright
+    ax.set(xlim=(0, 1), ylim=(1, 0), zlim=(0, len(rows) - 1), xticks=[], yticks=[])
+    ax.set_zticks(range(len(rows)), [r.name for r in rows])
+    return ax
+
+
+def _new_axes(fig, draw):
+    return fig.add_subplot(projection="3d" if draw is plot_network_3d else None)
+
+
+def snapshot_recorder(snapshots: list):
+    """A snapshot_fn for `train`: appends (step, copy of the state_dict) to `snapshots`."""
+    def record(step, model):
+        snapshots.append((step, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}))
+    return record
+
+
+def draw_snapshot(model: nn.Module, snapshot: tuple, ax=None, draw=None, **draw_kw):
+    """Load a recorded (step, state_dict) into `model` (overwriting its weights) and draw it."""
+    step, state = snapshot
+    model.load_state_dict(state)
+    ax = (draw or plot_network)(model, ax=ax, **draw_kw)
+    ax.set_title(f"step {step}")
+    return ax
+
+
+def save_gif(model: nn.Module, snapshots: list, path: str = "figures/training.gif", draw=None, fps: int = 4,
+             dpi: int = 80, figsize=(6, 6), **draw_kw) -> str:
+    """Render recorded snapshots (one frame each) into an animated GIF with matplotlib's Pillow writer.
+    `model` is only the template (a copy is loaded with each snapshot); the directory is created if needed."""
+    import copy
+    import os
+
+    import matplotlib.pyplot as plt
+    from matplotlib.animation import PillowWriter
+
+    draw, m = draw or plot_network, copy.deepcopy(model)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig = plt.figure(figsize=figsize)
+    writer = PillowWriter(fps=fps)
+    try:
+        with writer.saving(fig, path, dpi):
+            for snap in snapshots:
+                fig.clf()
+                draw_snapshot(m, snap, _new_axes(fig, draw), draw, **draw_kw)
+                writer.grab_frame()
+    finally:
+        plt.close(fig)
+    return path
+
+
+def threshold_view(model: nn.Module, threshold: float, metric_fn=None, ax=None, graph: Graph | None = None,
+                   draw=None, **draw_kw) -> NetworkReport:
+    """Prune at `threshold`, evaluate metric_fn(model) (the task metric), draw, restore the weights, and
+    return the report with its metric. The threshold slider's work."""
+    with prune(model, threshold, graph):
+        report = analyze(model, threshold, graph)
+        report.metric = None if metric_fn is None else float(metric_fn(model))
+        (draw or plot_network)(model, ax=ax, threshold=threshold, graph=graph, **draw_kw)
+    return report
+
+
+def threshold_explorer(model: nn.Module, metric_fn=None, graph: Graph | None = None, draw=None,
+                       max_threshold: float = 1.0, figsize=(6, 6), **draw_kw):
+    """An ipywidgets slider over the pruning threshold: re-draws the pruned network and prints its report."""
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+
+    def show(threshold):
+        fig = plt.figure(figsize=figsize)
+        print(threshold_view(model, threshold, metric_fn, _new_axes(fig, draw), graph, draw, **draw_kw))
+        plt.show()
+
+    slider = widgets.FloatSlider(value=0.0, min=0.0, max=max_threshold, step=max_threshold / 100,
+                                 description="threshold", continuous_update=False, readout_format=".2f")
+    return widgets.interactive(show, threshold=slider)
+
+
+def snapshot_explorer(model: nn.Module, snapshots: list, draw=None, figsize=(6, 6), **draw_kw):
+    """An ipywidgets slider that scrubs through recorded training snapshots (on a copy of the model)."""
+    import copy
+
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+
+    m = copy.deepcopy(model)
+
+    def show(frame):
+        fig = plt.figure(figsize=figsize)
+        draw_snapshot(m, snapshots[frame], _new_axes(fig, draw), draw, **draw_kw)
+        plt.show()
+
+    slider = widgets.IntSlider(value=0, min=0, max=len(snapshots) - 1, description="snapshot",
+                               continuous_update=False)
+    return widgets.interactive(show, frame=slider)
 
 
 # ----------------------------------------------------------------------------------------------------------

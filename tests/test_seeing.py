@@ -1,0 +1,291 @@
+"""Seeing the modules: metrics on hand-built graphs, pruning, interventions, plots, GIFs, widgets."""
+import warnings
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+from matplotlib.collections import LineCollection  # noqa: E402
+from PIL import Image  # noqa: E402
+
+import bimt_core as bc  # noqa: E402
+
+
+def set_weights(model, entries):
+    """Zero every weight and bias, then set {(linear, out, in): value}."""
+    with torch.no_grad():
+        for lin in model.linears:
+            lin.weight.zero_()
+            lin.bias.zero_()
+        for (li, o, i), v in entries.items():
+            model.linears[li].weight[o, i] = v
+    return model
+
+
+def two_paths():
+    """x0, x2 -> h0 -> y0 and x1, x3 -> h3 -> y1: two modules."""
+    m = bc.BioMLP([4, 4, 2], generator=torch.Generator().manual_seed(0))
+    return set_weights(m, {(0, 0, 0): 1.0, (0, 0, 2): -0.5, (1, 0, 0): 2.0,
+                           (0, 3, 1): 1.0, (0, 3, 3): 0.3, (1, 1, 3): -1.0})
+
+
+def n_segments(ax):
+    ax.figure.canvas.draw()  # a Line3DCollection projects its segments at draw time
+    return sum(len(c.get_segments()) for c in ax.collections if isinstance(c, LineCollection))
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+def test_two_disjoint_paths_are_two_modules():
+    r = bc.analyze(two_paths())
+    assert (r.connections, r.total_connections) == (6, 24)
+    assert (r.neurons, r.total_neurons) == (8, 10)  # hidden 1 and 2 have no connections
+    assert r.reach == {0: [0, 2], 1: [1, 3]}
+    assert [(m.inputs, m.outputs, m.hidden) for m in r.modules] == [
+        ([0, 2], [0], {"hidden1": [0]}), ([1, 3], [1], {"hidden1": [3]})]
+    assert "inputs [0, 2] -> outputs [0]" in str(r)
+
+
+def test_wiring_length_matches_a_double_loop():
+    m = bc.BioMLP([3, 5, 2], generator=torch.Generator().manual_seed(1))
+    naive = 0.0
+    for lin in m.linears:
+        for o in range(lin.out_features):
+            for i in range(lin.in_features):
+                naive += abs(lin.weight[o, i].item()) * abs(lin.out_coords[o, 0] - lin.in_coords[i, 0]).item()
+    assert bc.analyze(m).wiring == pytest.approx(naive, rel=1e-5)
+
+
+def test_feature_sharing_tree_is_one_module_with_nested_reach():
+    # y0 <- h0 <- x0; y1 <- h0, h1 <- x1; y2 <- h0, h1, h2 <- x2
+    m = bc.BioMLP([3, 3, 3])
+    entries = {(0, k, k): 1.0 for k in range(3)}
+    entries.update({(1, o, h): 1.0 for o in range(3) for h in range(o + 1)})
+    r = bc.analyze(set_weights(m, entries))
+    assert r.reach == {0: [0], 1: [0, 1], 2: [0, 1, 2]}
+    assert len(r.modules) == 1 and r.modules[0].inputs == [0, 1, 2]
+
+
+def test_threshold_cuts_weak_connections():
+    r = bc.analyze(two_paths(), threshold=0.4)  # drops the 0.3 connection (layer max 1.0)
+    assert r.connections == 5 and r.reach == {0: [0, 2], 1: [1]}
+
+
+def test_metrics_report_caller_indices_after_swaps():
+    m = two_paths()
+    m.swap(0, 0, 3)
+    m.swap("hidden1", 0, 1)
+    m.swap("output", 0, 1)
+    r = bc.analyze(m)
+    assert r.reach == {0: [0, 2], 1: [1, 3]}
+    assert [(mod.inputs, mod.outputs) for mod in r.modules] == [([0, 2], [0]), ([1, 3], [1])]
+
+
+def test_folded_embedding_copies_are_one_unit():
+    m = bc.BioMLP([4, 3, 2], in_fold=2, vocab_size=5, generator=torch.Generator().manual_seed(0))
+    # embedding dim 0 feeds h0 through both copies (positions 0, 2); dim 1 (position 3) feeds h2
+    r = bc.analyze(set_weights(m, {(0, 0, 0): 1.0, (0, 0, 2): 1.0, (1, 0, 0): 1.0,
+                                   (0, 2, 3): 1.0, (1, 1, 2): 1.0}))
+    assert r.total_neurons == 2 + 3 + 2 and r.neurons == 2 + 2 + 2
+    assert [(mod.inputs, mod.outputs) for mod in r.modules] == [([0], [0]), ([1], [1])]
+
+
+def test_prune_restore_round_trip():
+    m = bc.BioMLP([3, 8, 8, 2], generator=torch.Generator().manual_seed(2))
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    x = torch.randn(5, 3, generator=torch.Generator().manual_seed(3))
+    y = m(x)
+    expected = bc.analyze(m, 0.5)
+    rec = bc.prune(m, 0.5)
+    for lin in m.linears:
+        w = lin.weight.detach().abs()
+        assert ((w == 0) | (w >= 0.5 * w.max())).all()
+    assert (rec.connections, rec.neurons) == (expected.connections, expected.neurons)
+    assert rec.connections == sum(int((lin.weight != 0).sum()) for lin in m.linears)
+    bc.restore(m, rec)
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+    with bc.prune(m, 0.9):
+        assert not torch.allclose(m(x), y)
+    assert torch.equal(m(x), y)
+
+
+def test_intervention_knocks_out_and_restores_on_exception():
+    m = bc.BioMLP([3, 6, 2], generator=torch.Generator().manual_seed(4))
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(5))
+    y = m(x)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    with pytest.raises(RuntimeError, match="inside"):
+        with bc.intervene(m, weights={0: (torch.tensor([0, 1]), torch.tensor([2, 2]))}, neurons={"hidden1": [1, 4]}):
+            assert m.linears[0].weight[0, 2] == 0
+            raise RuntimeError("inside")
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+    assert torch.equal(m(x), y)
+    assert not m.linears[1]._forward_pre_hooks
+    # oracle: knocking out hidden neurons = zeroing their outgoing weights
+    with bc.intervene(m, neurons={"hidden1": [1, 4]}):
+        knocked = m(x)
+    with bc.intervene(m, weights={1: (slice(None), [1, 4])}):
+        assert torch.allclose(knocked, m(x))
+    with bc.intervene(m, neurons={"output": [0]}, value=3.0):
+        assert torch.equal(m(x)[:, 0], torch.full((4,), 3.0))
+    with bc.intervene(m, neurons={"input": [m.in_perm.tolist().index(1)]}):  # caller feature 1 -> its position
+        assert torch.allclose(m(x), m(x * torch.tensor([1.0, 0.0, 1.0])))
+
+
+def test_intervention_on_embedding_dims():
+    m = bc.BioMLP([4, 3, 2], in_fold=2, vocab_size=5, generator=torch.Generator().manual_seed(0))
+    tok = torch.tensor([[1, 2], [3, 4]])
+    y = m(tok)
+    with bc.intervene(m, embedding_dims=[1]):
+        assert (m.embedding[:, 1] == 0).all()
+        with bc.intervene(m, neurons={"input": [1]}):  # the same unit, knocked out through both copies
+            hooked = m(tok)
+        assert torch.allclose(hooked, m(tok))
+    assert torch.equal(m(tok), y)
+
+
+def test_plot_1d_segments_and_threshold():
+    m = bc.BioMLP([4, 6, 6, 3], generator=torch.Generator().manual_seed(0))
+    assert n_segments(bc.plot_network(m)) == 4 * 6 + 6 * 6 + 6 * 3
+    expected = bc.analyze(m, 0.5).connections
+    assert n_segments(bc.plot_network(m, threshold=0.5)) == expected < 78
+
+
+def test_plot_folded_draws_stacked_copies():
+    m = bc.BioMLP([8, 5, 3], in_fold=2, vocab_size=4, generator=torch.Generator().manual_seed(0))
+    ax = bc.plot_network(m, in_labels=[f"e{u}" for u in range(4)])
+    assert n_segments(ax) == 8 * 5 + 5 * 3
+    inputs = ax.collections[-3].get_offsets()  # the input-row dots
+    assert len(inputs) == 8 and sorted(set(inputs[:, 1].round(3))) == [-0.3, 0.0]
+    assert sorted(t.get_text() for t in ax.texts) == ["e0", "e1", "e2", "e3"]  # one label per unit
+
+
+def test_plot_2d_in_3d():
+    m = bc.BioMLP([16, 9, 4], geometry="grid", out_geometry="ring", fix_inputs=True,
+                  generator=torch.Generator().manual_seed(0))
+    ax = bc.plot_network_3d(m, image=torch.arange(16.0).view(4, 4), out_labels=list("abcd"))
+    assert n_segments(ax) == 16 * 9 + 9 * 4
+    assert len(ax.texts) == 4
+    with pytest.raises(ValueError, match="plot_network_3d"):
+        bc.plot_network(m)
+
+
+def test_labels_follow_permutations_after_swaps():
+    m = bc.BioMLP([3, 4, 3], generator=torch.Generator().manual_seed(0))
+    m.swap("input", 0, 2)
+    m.swap("output", 1, 2)
+    ax = bc.plot_network(m, in_labels=["a", "b", "c"], out_labels=["u", "v", "w"])
+    left_to_right = [t.get_text() for t in sorted(ax.texts, key=lambda t: (t.get_position()[1], t.get_position()[0]))]
+    assert left_to_right == ["c", "b", "a", "u", "w", "v"]
+
+
+class ToyTransformerGraph(nn.Module):
+    """A stand-in for a transformer's graph hook: an MLP block on a residual stream with a skip."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.embed = bc.BioLinear(2, 4, generator=g)
+        self.up = bc.BioLinear(4, 6, generator=g)
+        self.down = bc.BioLinear(6, 4, generator=g)
+        self.unembed = bc.BioLinear(4, 2, generator=g)
+        self.register_buffer("in_perm", torch.arange(2))
+        self.register_buffer("out_perm", torch.arange(2))
+
+    def graph(self):
+        return bc.Graph(["input", "residual", "mlp", "residual'", "output"],
+                        [("embed", self.embed, 0, 1), ("up", self.up, 1, 2), ("down", self.down, 2, 3),
+                         ("skip", None, 1, 3), ("unembed", self.unembed, 3, 4)])
+
+
+def test_graph_hook_for_other_models():
+    t = ToyTransformerGraph()
+    ax = bc.plot_network(t)
+    assert n_segments(ax) == 8 + 24 + 24 + 4 + 8
+    assert [tick.get_text() for tick in ax.get_yticklabels()] == ["input", "residual", "mlp", "residual'", "output"]
+    r = bc.analyze(t)
+    assert (r.connections, r.total_connections) == (64, 64) and r.neurons == 2 + 4 + 6 + 4 + 2
+    assert r.reach == {0: [0, 1], 1: [0, 1]} and len(r.modules) == 1
+    with bc.intervene(t, weights={2: torch.ones(4, 6, dtype=torch.bool)}):  # the MLP writes nothing
+        r = bc.analyze(t)
+        assert r.reach == {0: [0, 1], 1: [0, 1]}  # still through the skip
+        assert r.modules[0].hidden == {"residual": [0, 1, 2, 3], "residual'": [0, 1, 2, 3]}
+    with bc.prune(t, 0.99) as rec:
+        assert rec.connections == 4  # the strongest weight of each of the four BioLinears
+
+
+def test_gif_has_one_frame_per_snapshot(tmp_path):
+    m = bc.BioMLP([2, 4, 1], generator=torch.Generator().manual_seed(0))
+    x = torch.randn(16, 2, generator=torch.Generator().manual_seed(1))
+    cfg = bc.BIMTConfig(steps=25, swap_every=10, top_k=2, eval_every=10)
+    snaps = []
+    bc.train(m, cfg, (x, x.sum(1, keepdim=True)), (x, x.sum(1, keepdim=True)), nn.functional.mse_loss,
+             snapshot_fn=bc.snapshot_recorder(snaps), snapshot_every=10, progress=False)
+    assert [s for s, _ in snaps] == [0, 10, 20, 24]
+    w_end = m.linears[0].weight.clone()
+    path = bc.save_gif(m, snaps, str(tmp_path / "figs" / "train.gif"), fps=5, dpi=40, figsize=(3, 3))
+    with Image.open(path) as im:
+        assert im.format == "GIF" and im.n_frames == 4
+    assert torch.equal(m.linears[0].weight, w_end)  # the caller's model is untouched
+
+
+def test_threshold_view_and_widgets_build():
+    m = two_paths()
+    before = m.linears[0].weight.clone()
+    r = bc.threshold_view(m, 0.4, metric_fn=lambda model: float(model.linears[0].weight.count_nonzero()))
+    assert r.connections == 5 and r.metric == 3.0
+    assert torch.equal(m.linears[0].weight, before)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Agg's plt.show() warns that it cannot show
+        w = bc.threshold_explorer(m, metric_fn=lambda model: 1.0)
+        w.children[0].value = 0.5
+        snaps = [(0, m.state_dict()), (5, m.state_dict())]
+        s = bc.snapshot_explorer(m, snaps)
+        s.children[0].value = 1
+    assert w.children[0].description == "threshold" and s.children[0].max == 1
+
+
+def small_transformer():
+    return bc.BioTransformer(2, 2, d_model=8, n_blocks=2, n_heads=2, d_mlp=16,
+                             generator=torch.Generator().manual_seed(0))
+
+
+def test_transformer_graph_is_drawn_by_sublayer():
+    t = small_transformer()
+    ax = bc.plot_network(t, in_labels=["a", "b"], out_labels=["y", "z"])
+    per_block = 8 * 24 + 8 * 8 + 8 + 8 * 16 + 16 * 8 + 8  # qkv, attn_out (reads v), skip, mlp, skip
+    assert n_segments(ax) == 2 * 8 + 2 * per_block + 8 * 2
+    assert [tick.get_text() for tick in ax.get_yticklabels()] == [
+        "input", "embed", "attention0", "residual", "mlp0", "residual",
+        "attention1", "residual", "mlp1", "residual", "output"]
+    r = bc.analyze(t)
+    assert r.total_connections == sum(lin.weight.numel() for lin in bc._linears(t))
+    assert r.total_neurons == 2 + 8 + 2 * (8 + 8 + 16 + 8) + 2  # q|k|v of a channel is one unit
+    assert r.reach == {0: [0, 1], 1: [0, 1]}
+
+
+def test_transformer_modules_through_skips_and_knockouts():
+    t = small_transformer()
+    with torch.no_grad():
+        for lin in bc._linears(t):
+            lin.weight.zero_()
+        t.embed_in.weight[0, 0] = t.embed_in.weight[5, 1] = 1.0  # x0 -> residual 0, x1 -> residual 5
+        t.unembed.weight[0, 0] = t.unembed.weight[1, 5] = 1.0     # residual 0 -> y0, residual 5 -> y1
+        t.blocks[0].mlp_in.weight[3, 5] = t.blocks[0].mlp_out.weight[5, 3] = 0.5  # an MLP detour for x1
+    t.swap("residual", 0, 7)
+    r = bc.analyze(t)
+    assert r.reach == {0: [0], 1: [1]}
+    assert [(m.inputs, m.outputs) for m in r.modules] == [([0], [0]), ([1], [1])]
+    assert r.modules[1].hidden["mlp0"] == [3]
+    x = torch.randn(3, 4, 2, generator=torch.Generator().manual_seed(1))
+    with bc.intervene(t, neurons={"mlp0": list(range(16))}):  # oracle: zeroing the MLP's output weights
+        knocked = t(x)
+    with bc.intervene(t, weights={5: torch.ones(8, 16, dtype=torch.bool)}):  # edge 5: blocks.0.mlp_out
+        assert torch.allclose(knocked, t(x))

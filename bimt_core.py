@@ -458,33 +458,47 @@ def _get_layer(model: nn.Module, layer) -> NeuronLayer:
     return layers[layer]
 
 
-def _swap_slices(t: torch.Tensor, dim: int, a: torch.Tensor, b: torch.Tensor) -> None:
-    ta, tb = t.index_select(dim, a), t.index_select(dim, b)  # copies, so no aliasing between the two
-    t.index_copy_(dim, a, tb)
-    t.index_copy_(dim, b, ta)
+def permute_units(model: nn.Module, layer, perm: torch.Tensor,
+                  optimizer: torch.optim.Optimizer | None = None) -> None:
+    """Rearrange the units of `layer` (index, name or NeuronLayer): position p receives the unit now at
+    perm[p]. Moves every member tensor, and the optimizer's per-parameter state (e.g. Adam's moments) so
+    that training goes on as if nothing had moved. One gather per tensor, whatever the number of swaps."""
+    nl = _get_layer(model, layer)
+    if nl.fixed:
+        raise ValueError(f"neuron layer {nl.name!r} is fixed (fix_inputs=True); its neurons cannot be swapped")
+    perm = torch.as_tensor(perm, dtype=torch.long)
+    if not torch.equal(perm.sort().values, torch.arange(nl.n_units)):
+        raise ValueError(f"perm must be a permutation of range({nl.n_units}) for layer {nl.name!r}")
+    for module, attr, dim, index, _ in nl.members:
+        t = getattr(module, attr)
+        full = torch.arange(t.shape[dim])
+        full[index] = index[:, perm]  # every copy of a unit moves with it
+        full = full.to(t.device)
+        state = optimizer.state.get(t, {}) if optimizer is not None else {}
+        with torch.no_grad():
+            for v in [t, *(v for v in state.values() if torch.is_tensor(v) and v.shape == t.shape)]:
+                v.copy_(v.index_select(dim, full))  # index_select copies first: no aliasing
 
 
 def swap_units(model: nn.Module, layer, j: int, k: int,
                optimizer: torch.optim.Optimizer | None = None) -> None:
-    """Exchange units j and k of `layer` (index, name or NeuronLayer) in every member tensor, and in the
-    optimizer's per-parameter state (e.g. Adam's moments) so that training goes on as if nothing moved."""
+    """Exchange units j and k of `layer` (index, name or NeuronLayer), optimizer state included, as
+    `permute_units` does; only the two units' slices are copied."""
     nl = _get_layer(model, layer)
     if nl.fixed:
         raise ValueError(f"neuron layer {nl.name!r} is fixed (fix_inputs=True); its neurons cannot be swapped")
     for u in (j, k):
         if not isinstance(u, int) or not 0 <= u < nl.n_units:
             raise ValueError(f"unit index must be an int in [0, {nl.n_units}) for layer {nl.name!r}, got {u!r}")
-    if j == k:
-        return
     for module, attr, dim, index, _ in nl.members:
         t = getattr(module, attr)
         a, b = index[:, j].to(t.device), index[:, k].to(t.device)
-        with torch.no_grad():
-            _swap_slices(t, dim, a, b)
         state = optimizer.state.get(t, {}) if optimizer is not None else {}
-        for v in state.values():
-            if torch.is_tensor(v) and v.shape == t.shape:
-                _swap_slices(v, dim, a, b)
+        with torch.no_grad():
+            for v in [t, *(v for v in state.values() if torch.is_tensor(v) and v.shape == t.shape)]:
+                va, vb = v.index_select(dim, a), v.index_select(dim, b)  # copies: no aliasing
+                v.index_copy_(dim, a, vb)
+                v.index_copy_(dim, b, va)
 
 
 def neuron_scores(nl: NeuronLayer) -> torch.Tensor:
@@ -543,21 +557,24 @@ def relocate(model: nn.Module, top_k: int, optimizer: torch.optim.Optimizer | No
     for nl in model.neuron_layers():
         if nl.fixed or nl.n_units < 2:
             continue
-        P = placement_costs(nl, coefs)
+        # The greedy pass runs on P alone (numpy: these are ~100-element vectors); the model is permuted
+        # once per layer at the end, which is the same as making the swaps one after another.
+        P = placement_costs(nl, coefs).numpy()
         order = torch.argsort(neuron_scores(nl), descending=True, stable=True)[:top_k].tolist()
-        where = list(range(nl.n_units))  # where[u]: position of the unit that started at u
-        at = list(range(nl.n_units))     # at[p]: the unit now at position p
+        perm = np.arange(nl.n_units)     # perm[p]: the unit (by starting position) now at position p
+        where = np.arange(nl.n_units)    # where[u]: the position of unit u
         for u in order:
             j = where[u]
             delta = P[j] + P[:, j] - P[j, j] - P.diagonal()
-            delta[j] = math.inf
-            k = int(torch.argmin(delta))
+            delta[j] = np.inf
+            k = int(np.argmin(delta))
             if delta[k] < -tol:
-                swap_units(model, nl, j, k, optimizer)
                 P[[j, k]] = P[[k, j]]
-                at[j], at[k] = at[k], at[j]
-                where[at[j]], where[at[k]] = j, k
+                perm[[j, k]] = perm[[k, j]]
+                where[perm[j]], where[perm[k]] = j, k
                 swaps += 1
+        if (perm != np.arange(nl.n_units)).any():
+            permute_units(model, nl, torch.from_numpy(perm), optimizer)
     return swaps
 
 

@@ -172,6 +172,24 @@ def test_bad_swap_arguments_raise(call, match):
         call(make("line"))
 
 
+@pytest.mark.parametrize("kind", ["line", "embedding", "ring"])
+def test_permute_units_equals_the_same_swaps_one_by_one(kind):
+    a, b = make(kind), make(kind)
+    x = inputs(a)
+    ref = a(x).detach()
+    layer = 1 if kind != "embedding" else 0
+    n = a.neuron_layers()[layer].n_units
+    perm = list(range(n))
+    for j, k in [(0, 3), (3, n - 1), (1, 2)]:
+        b.swap(layer, j, k)
+        perm[j], perm[k] = perm[k], perm[j]
+    bc.permute_units(a, layer, torch.tensor(perm))
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    assert torch.allclose(a(x), ref, atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="must be a permutation"):
+        bc.permute_units(a, layer, torch.zeros(n, dtype=torch.long))
+
+
 def test_swap_permutes_adam_state_with_the_weights():
     m = make("line")
     opt = torch.optim.AdamW(m.parameters(), lr=1e-2)

@@ -142,7 +142,18 @@ def _activation(name: str):
 # Models
 
 
-class BioMLP(nn.Module):
+class SwappableModel(nn.Module):
+    """A model that lists its swappable layers in `neuron_layers()` (built on demand, input first)."""
+
+    def neuron_layers(self) -> list[NeuronLayer]:
+        raise NotImplementedError
+
+    def swap(self, layer, j: int, k: int, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Exchange units j and k of a neuron layer (index or name); the function is unchanged."""
+        swap_units(self, layer, j, k, optimizer)
+
+
+class BioMLP(SwappableModel):
     """The MLPs of the paper: shape [n0, n1, ..., nL] of BioLinear layers with an activation in between.
 
     geometry:     'line' (1D) or 'grid' (2D) for the input and hidden layers.
@@ -245,10 +256,6 @@ class BioMLP(nn.Module):
             layers.append(layer)
         return layers
 
-    def swap(self, layer, j: int, k: int, optimizer: torch.optim.Optimizer | None = None) -> None:
-        """Exchange units j and k of a neuron layer (index or name); the function is unchanged."""
-        swap_units(self, layer, j, k, optimizer)
-
 
 class BioBlock(nn.Module):
     """One transformer block on a (B, T, d_model) residual stream: x + attn(ln1(x)), then x + mlp(ln2(x)).
@@ -281,7 +288,7 @@ class BioBlock(nn.Module):
         return self.mlp_out(F.gelu(self.mlp_in(x)))
 
 
-class BioTransformer(nn.Module):
+class BioTransformer(SwappableModel):
     """The transformer of Fig 7: input linear in_dim -> d_model, n_blocks BioBlocks, output linear
     d_model -> out_dim; no token or positional embedding, so any sequence length works.
     x (B, T, in_dim) -> (B, T, out_dim). Every linear is a BioLinear on a line.
@@ -385,10 +392,6 @@ class BioTransformer(nn.Module):
         out.add(self, "out_perm", 0, fold_index(self.out_dim, 1))
         return layers + [out]
 
-    def swap(self, layer, j: int, k: int, optimizer: torch.optim.Optimizer | None = None) -> None:
-        """Exchange units j and k of a neuron layer (index or name); the function is unchanged."""
-        swap_units(self, layer, j, k, optimizer)
-
 
 # ----------------------------------------------------------------------------------------------------------
 # Connection cost
@@ -458,6 +461,12 @@ def _get_layer(model: nn.Module, layer) -> NeuronLayer:
     return layers[layer]
 
 
+def _with_state(t: torch.Tensor, optimizer: torch.optim.Optimizer | None) -> list[torch.Tensor]:
+    """t and the optimizer's per-parameter state shaped like it (e.g. Adam's moments): what a swap moves."""
+    state = optimizer.state.get(t, {}) if optimizer is not None else {}
+    return [t, *(v for v in state.values() if torch.is_tensor(v) and v.shape == t.shape)]
+
+
 def permute_units(model: nn.Module, layer, perm: torch.Tensor,
                   optimizer: torch.optim.Optimizer | None = None) -> None:
     """Rearrange the units of `layer` (index, name or NeuronLayer): position p receives the unit now at
@@ -474,9 +483,8 @@ def permute_units(model: nn.Module, layer, perm: torch.Tensor,
         full = torch.arange(t.shape[dim])
         full[index] = index[:, perm]  # every copy of a unit moves with it
         full = full.to(t.device)
-        state = optimizer.state.get(t, {}) if optimizer is not None else {}
         with torch.no_grad():
-            for v in [t, *(v for v in state.values() if torch.is_tensor(v) and v.shape == t.shape)]:
+            for v in _with_state(t, optimizer):
                 v.copy_(v.index_select(dim, full))  # index_select copies first: no aliasing
 
 
@@ -493,9 +501,8 @@ def swap_units(model: nn.Module, layer, j: int, k: int,
     for module, attr, dim, index, _ in nl.members:
         t = getattr(module, attr)
         a, b = index[:, j].to(t.device), index[:, k].to(t.device)
-        state = optimizer.state.get(t, {}) if optimizer is not None else {}
         with torch.no_grad():
-            for v in [t, *(v for v in state.values() if torch.is_tensor(v) and v.shape == t.shape)]:
+            for v in _with_state(t, optimizer):
                 va, vb = v.index_select(dim, a), v.index_select(dim, b)  # copies: no aliasing
                 v.index_copy_(dim, a, vb)
                 v.index_copy_(dim, b, va)

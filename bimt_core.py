@@ -108,27 +108,105 @@ class BioLinear(nn.Linear):
         self.dist = manhattan(self.out_coords, self.in_coords)  # coordinates may have been replaced
 
 
+class Member(NamedTuple):
+    """A tensor slice owned by the units of a NeuronLayer: unit u owns entries index[:, u] of
+    getattr(module, attr) along dim (index (copies, n_units); copies > 1 for folds and for heads).
+    role 'incoming': a BioLinear weight whose rows are the unit's incoming connections; 'outgoing': one whose
+    columns are its outgoing connections; 'embedding': a token embedding feeding the unit; None: carried
+    along (biases, permutations, LayerNorm parameters)."""
+    module: nn.Module
+    attr: str
+    dim: int
+    index: torch.Tensor
+    role: str | None = None
+
+
 @dataclass
 class NeuronLayer:
-    """One layer of swappable units and every tensor slice that belongs to each unit.
-
-    `members` lists (module, attribute, dim, index): the unit u owns entries index[:, u] of that tensor along
-    dim (index has shape (copies, n_units); copies > 1 for folds and for heads). Roles: 'in' marks a
-    BioLinear weight whose rows are the unit's incoming connections, 'out' one whose columns are its outgoing
-    connections, 'embed' a token embedding feeding the unit; None is carried along (biases, permutations).
-    """
+    """One layer of swappable units and every tensor slice that belongs to each unit (`members`).
+    fixed: the units never move (e.g. MNIST pixels)."""
     name: str
     n_units: int
     members: list = field(default_factory=list)
     fixed: bool = False
 
     def add(self, module: nn.Module, attr: str, dim: int, index: torch.Tensor, role: str | None = None):
-        self.members.append((module, attr, dim, index, role))
+        self.members.append(Member(module, attr, dim, index, role))
+
+    def incoming(self, lin: "BioLinear", index: torch.Tensor):
+        """lin writes these units: its weight rows (and bias entries) move with them."""
+        self.add(lin, "weight", 0, index, "incoming")
+        if lin.bias is not None:
+            self.add(lin, "bias", 0, index)
+
+    def outgoing(self, lin: "BioLinear", index: torch.Tensor):
+        """lin reads these units: its weight columns move with them."""
+        self.add(lin, "weight", 1, index, "outgoing")
 
 
 def fold_index(n: int, fold: int) -> torch.Tensor:
     """(fold, n // fold) index: unit u of a folded layer owns positions u, u + n/f, u + 2n/f, ..."""
     return torch.arange(n).view(fold, n // fold)
+
+
+class Edge(NamedTuple):
+    """`linear` reads row src and writes row dst. cols[j]: the src position that the linear's input j reads
+    (None: the whole row, in order). linear None: an identity (a residual skip) between rows of one width,
+    drawn grey, never pruned and not counted as a connection."""
+    name: str
+    linear: BioLinear | None
+    src: int
+    dst: int
+    cols: torch.Tensor | None = None
+
+    def src_cols(self):
+        return slice(None) if self.cols is None else self.cols
+
+
+@dataclass
+class Row:
+    """One row of neurons as analysis and drawing see it. coords (n, d); kind 'input', 'hidden' or 'output';
+    unit[p]: the unit at position p (default p mod n/fold: the fold copies of an embedding dim or of a
+    q|k|v channel are one unit); caller[p]: the caller's index of the input or output at position p
+    (the model's in_perm / out_perm; None for hidden rows)."""
+    name: str
+    coords: torch.Tensor
+    kind: str = "hidden"
+    fold: int = 1
+    caller: torch.Tensor | None = None
+    unit: torch.Tensor | None = None
+
+    def __post_init__(self):
+        self.coords = self.coords.detach().cpu()
+        n = len(self.coords)
+        self.unit = torch.arange(n) % (n // self.fold) if self.unit is None else self.unit.cpu()
+        if self.caller is not None:
+            self.caller = self.caller.cpu()
+
+
+@dataclass
+class Graph:
+    """Rows of neurons (bottom to top) and the edges between them; what analysis and plotting walk.
+    Edges are listed so that every row is written before it is read."""
+    rows: list
+    edges: list
+
+    def __post_init__(self):
+        self.edges = [Edge(*e) for e in self.edges]
+
+    def index(self, name: str) -> int:
+        """The index of the first row called `name`."""
+        names = [r.name for r in self.rows]
+        if name not in names:
+            raise ValueError(f"no row named {name!r}; rows are {names}")
+        return names.index(name)
+
+    def upto(self, name: str) -> "Graph":
+        """The network below and including row `name`, which becomes the output row (its positions are
+        its outputs): e.g. the modules of an embedding are those of graph.upto(last hidden row)."""
+        k = self.index(name)
+        top = Row(name, self.rows[k].coords, "output", self.rows[k].fold, torch.arange(len(self.rows[k].coords)))
+        return Graph(self.rows[:k] + [top], [e for e in self.edges if e.dst <= k])
 
 
 def _activation(name: str):
@@ -143,10 +221,26 @@ def _activation(name: str):
 
 
 class SwappableModel(nn.Module):
-    """A model that lists its swappable layers in `neuron_layers()` (built on demand, input first)."""
+    """A model BIMT can train, swap, analyse and draw. It describes itself twice over the same neurons:
+    - neuron_layers(): the swappable layers, input first, and every tensor slice each unit owns (what a
+      swap moves and what the connection cost of a placement reads);
+    - graph(): the rows of neurons and the BioLinears between them (what analysis and drawing walk).
+    Both are built on demand from the current tensors. BioMLP and BioTransformer are the examples."""
 
     def neuron_layers(self) -> list[NeuronLayer]:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement neuron_layers(): the swappable "
+                                  f"layers and the tensor slices each unit owns (see BioMLP.neuron_layers)")
+
+    def graph(self) -> "Graph":
+        raise NotImplementedError(f"{type(self).__name__} must implement graph(): its rows of neurons and the "
+                                  f"BioLinears between them (see BioMLP.graph)")
+
+    def activations(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The activations of every row of `graph()` for caller inputs x, in internal (position) order
+        (BioMLP: (B, width) per row; BioTransformer: (B, T, width), q|k|v for attention rows)."""
+        record = []
+        self.forward_internal(self.embed(x), record)
+        return record
 
     def swap(self, layer, j: int, k: int, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Exchange units j and k of a neuron layer (index or name); the function is unchanged."""
@@ -190,7 +284,7 @@ class BioMLP(SwappableModel):
             for i in range(len(shape) - 1))
         if vocab_size is not None:
             self.embedding = nn.Parameter(torch.randn(vocab_size, shape[0] // in_fold, generator=generator))
-            self.register_buffer("in_perm", torch.arange(0))  # tokens are not features: nothing to permute
+            self.register_buffer("in_perm", None)  # tokens are not features: nothing to permute
         else:
             self.embedding = None
             self.register_buffer("in_perm", torch.arange(shape[0]))
@@ -205,7 +299,7 @@ class BioMLP(SwappableModel):
         if self.embedding is None:
             if x.dim() != 2 or x.shape[1] != self.shape[0]:
                 raise ValueError(f"BioMLP expects inputs of shape (batch, {self.shape[0]}), got {tuple(x.shape)}")
-            return x[:, self.in_perm]
+            return x.index_select(1, self.in_perm)
         if x.dim() != 2 or x.shape[1] != self.in_fold or x.dtype != torch.long:
             raise ValueError(f"BioMLP with an embedding expects long tokens of shape (batch, {self.in_fold}), "
                              f"got {x.dtype} {tuple(x.shape)}")
@@ -219,42 +313,54 @@ class BioMLP(SwappableModel):
         # index_put that cost more than the whole MLP (about 4 of 9 ms per modular-addition step).
         return self.forward_internal(self.embed(x)).index_select(1, torch.argsort(self.out_perm))
 
-    def forward_internal(self, h: torch.Tensor, return_all: bool = False):
-        """Input-layer activations -> output-layer activations in internal (position) order.
-        With return_all, the list of every neuron layer's activations, input first."""
-        acts = [h]
+    def forward_internal(self, h: torch.Tensor, record: list | None = None) -> torch.Tensor:
+        """Input-layer activations (B, n0) -> output-layer activations (B, nL), both in internal (position)
+        order. record: a list that receives every row's activations, input first (see `activations`)."""
+        rec = (record if record is not None else []).append  # references only: nothing is copied
         for i, lin in enumerate(self.linears):
+            rec(h)
             h = lin(h)
             if i < len(self.linears) - 1:
                 h = self.act(h)
-            acts.append(h)
-        return acts if return_all else h
+        rec(h)
+        return h
 
     def neuron_layers(self) -> list[NeuronLayer]:
         """The swappable layers, input first. Built on demand: they reference the current tensors."""
         n = len(self.linears)
         layers = []
         for i in range(n + 1):
-            width = self.shape[i]
             fold = self.in_fold if i == 0 else 1
-            idx = fold_index(width, fold)
+            idx = fold_index(self.shape[i], fold)
             name = "input" if i == 0 else ("output" if i == n else f"hidden{i}")
-            layer = NeuronLayer(name, width // fold, fixed=(i == 0 and self.fix_inputs))
-            if i == 0:
-                if self.embedding is not None:
-                    layer.add(self, "embedding", 1, idx[:1], "embed")
-                else:
-                    layer.add(self, "in_perm", 0, idx)
+            layer = NeuronLayer(name, self.shape[i] // fold, fixed=(i == 0 and self.fix_inputs))
+            if i == 0 and self.embedding is not None:
+                layer.add(self, "embedding", 1, idx[:1], "embedding")
+            elif i == 0:
+                layer.add(self, "in_perm", 0, idx)
             else:
-                layer.add(self.linears[i - 1], "weight", 0, idx, "in")
-                if self.linears[i - 1].bias is not None:
-                    layer.add(self.linears[i - 1], "bias", 0, idx)
+                layer.incoming(self.linears[i - 1], idx)
             if i < n:
-                layer.add(self.linears[i], "weight", 1, idx, "out")
+                layer.outgoing(self.linears[i], idx)
             else:
                 layer.add(self, "out_perm", 0, idx)
             layers.append(layer)
         return layers
+
+    def graph(self) -> "Graph":
+        """The chain input -> hidden1 -> ... -> output, rows named as in `neuron_layers`. With an embedding
+        the input row's units are the embedding dims (the fold copies of dim d are one unit, named d)."""
+        lins, n = self.linears, len(self.linears)
+        first = lins[0]
+        if self.embedding is None:
+            inp = Row("input", first.in_coords, "input", first.in_fold, caller=self.in_perm,
+                      unit=torch.arange(self.shape[0]))
+        else:
+            inp = Row("input", first.in_coords, "input", first.in_fold)
+            inp.caller = inp.unit
+        rows = [inp] + [Row(f"hidden{i}", lins[i].in_coords) for i in range(1, n)]
+        rows.append(Row("output", lins[-1].out_coords, "output", caller=self.out_perm))
+        return Graph(rows, [(f"linears.{i}", lin, i, i + 1) for i, lin in enumerate(lins)])
 
 
 class BioBlock(nn.Module):
@@ -276,16 +382,24 @@ class BioBlock(nn.Module):
         self.mlp_in = BioLinear(d_model, d_mlp, bias, generator=generator)
         self.mlp_out = BioLinear(d_mlp, d_model, bias, generator=generator)
 
-    def attention(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, d_model) -> (B, T, d_model): what the attention writes to the residual stream."""
+    def attention(self, x: torch.Tensor, rec=None) -> torch.Tensor:
+        """(B, T, d_model) -> (B, T, d_model): what the attention writes to the residual stream.
+        rec(t), if given, receives q|k|v (B, T, 3 d_model)."""
         B, T, C = x.shape
+        qkv = self.qkv(x)
+        if rec is not None:
+            rec(qkv)
         q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2)  # (B, heads, T, dh)
-                   for t in self.qkv(x).split(C, dim=-1))
+                   for t in qkv.split(C, dim=-1))
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.attn_out(y.transpose(1, 2).reshape(B, T, C))
 
-    def mlp(self, x: torch.Tensor) -> torch.Tensor:
-        return self.mlp_out(F.gelu(self.mlp_in(x)))
+    def mlp(self, x: torch.Tensor, rec=None) -> torch.Tensor:
+        """rec(t), if given, receives the hidden activations (B, T, d_mlp)."""
+        h = F.gelu(self.mlp_in(x))
+        if rec is not None:
+            rec(h)
+        return self.mlp_out(h)
 
 
 class BioTransformer(SwappableModel):
@@ -324,73 +438,98 @@ class BioTransformer(SwappableModel):
         self.register_buffer("in_perm", torch.arange(in_dim))
         self.register_buffer("out_perm", torch.arange(out_dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, in_dim) caller features -> the same in internal (position) order."""
         if x.dim() != 3 or x.shape[-1] != self.in_dim:
             raise ValueError(f"BioTransformer expects inputs of shape (batch, seq, {self.in_dim}), "
                              f"got {tuple(x.shape)}")
-        return self.forward_internal(x[..., self.in_perm])[..., torch.argsort(self.out_perm)]
+        return x.index_select(-1, self.in_perm)
 
-    def forward_internal(self, x: torch.Tensor, return_all: bool = False):
-        """(B, T, in_dim) in internal order -> (B, T, out_dim) in internal order. With return_all, also the
-        list of residual-stream states (B, T, d_model): after the input linear, then after every attention
-        and every MLP."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_internal(self.embed(x)).index_select(-1, torch.argsort(self.out_perm))
+
+    def forward_internal(self, x: torch.Tensor, record: list | None = None) -> torch.Tensor:
+        """(B, T, in_dim) -> (B, T, out_dim), both in internal (position) order. record: a list that receives
+        every row's activations in the order of `graph()` (see `activations`)."""
+        rec = (record if record is not None else []).append  # references only: nothing is copied
+        rec(x)
         h = self.embed_in(x)
-        stream = [h]
+        rec(h)
         for blk in self.blocks:
-            h = h + blk.attention(blk.ln1(h))
-            stream.append(h)
-            h = h + blk.mlp(blk.ln2(h))
-            stream.append(h)
+            h = h + blk.attention(blk.ln1(h), rec)
+            rec(h)
+            h = h + blk.mlp(blk.ln2(h), rec)
+            rec(h)
         y = self.unembed(self.ln_f(h))
-        return (y, stream) if return_all else y
+        rec(y)
+        return y
 
     def neuron_layers(self) -> list[NeuronLayer]:
         """'input', 'residual', then per block b 'block{b}.heads' (units: heads), 'block{b}.head{h}' (units:
-        channels of head h) and 'block{b}.mlp_hidden', then 'output'. No BioLinear is both 'in' and 'out'
-        of one layer, so `relocate`'s separable swap cost applies."""
+        channels of head h) and 'block{b}.mlp_hidden', then 'output'. No BioLinear is both incoming and
+        outgoing to one layer, so `relocate`'s separable swap cost applies."""
         d, nh, dh = self.d_model, self.n_heads, self.d_model // self.n_heads
-
-        def connect(layer, lin, role, index):
-            layer.add(lin, "weight", 0 if role == "in" else 1, index, role)
-            if role == "in" and lin.bias is not None:
-                layer.add(lin, "bias", 0, index)
-
         inp = NeuronLayer("input", self.in_dim)
         inp.add(self, "in_perm", 0, fold_index(self.in_dim, 1))
-        connect(inp, self.embed_in, "out", fold_index(self.in_dim, 1))
+        inp.outgoing(self.embed_in, fold_index(self.in_dim, 1))
         res, ri = NeuronLayer("residual", d), fold_index(d, 1)
-        lns = [self.ln_f]
-        connect(res, self.embed_in, "in", ri)
-        for blk in self.blocks:
-            for lin, role in ((blk.attn_out, "in"), (blk.mlp_out, "in"), (blk.qkv, "out"), (blk.mlp_in, "out")):
-                connect(res, lin, role, ri)
-            lns += [blk.ln1, blk.ln2]
-        connect(res, self.unembed, "out", ri)
-        for ln in lns:
-            for attr in ("weight", "bias"):
-                if isinstance(ln, nn.LayerNorm) and getattr(ln, attr) is not None:
-                    res.add(ln, attr, 0, ri)
+        res.incoming(self.embed_in, ri)
+        for blk in self.blocks:  # writers of the stream move their rows, readers their columns
+            res.incoming(blk.attn_out, ri)
+            res.incoming(blk.mlp_out, ri)
+            res.outgoing(blk.qkv, ri)
+            res.outgoing(blk.mlp_in, ri)
+        res.outgoing(self.unembed, ri)
+        for ln in [self.ln_f] + [ln for blk in self.blocks for ln in (blk.ln1, blk.ln2)]:
+            if isinstance(ln, nn.LayerNorm):
+                for attr in ("weight", "bias"):
+                    if getattr(ln, attr) is not None:
+                        res.add(ln, attr, 0, ri)
         layers = [inp, res]
         rows = torch.arange(3 * d).view(3, nh, dh)  # q|k|v row of (copy, head, channel)
         cols = torch.arange(d).view(nh, dh)         # attention-output column of (head, channel)
         for b, blk in enumerate(self.blocks):
             heads = NeuronLayer(f"block{b}.heads", nh)
-            connect(heads, blk.qkv, "in", rows.permute(0, 2, 1).reshape(3 * dh, nh))
-            connect(heads, blk.attn_out, "out", cols.T)
+            heads.incoming(blk.qkv, rows.permute(0, 2, 1).reshape(3 * dh, nh))
+            heads.outgoing(blk.attn_out, cols.T)
             layers.append(heads)
             for h in range(nh):
                 head = NeuronLayer(f"block{b}.head{h}", dh)
-                connect(head, blk.qkv, "in", rows[:, h])
-                connect(head, blk.attn_out, "out", cols[h][None])
+                head.incoming(blk.qkv, rows[:, h])
+                head.outgoing(blk.attn_out, cols[h][None])
                 layers.append(head)
             mlp = NeuronLayer(f"block{b}.mlp_hidden", self.d_mlp)
-            connect(mlp, blk.mlp_in, "in", fold_index(self.d_mlp, 1))
-            connect(mlp, blk.mlp_out, "out", fold_index(self.d_mlp, 1))
+            mlp.incoming(blk.mlp_in, fold_index(self.d_mlp, 1))
+            mlp.outgoing(blk.mlp_out, fold_index(self.d_mlp, 1))
             layers.append(mlp)
         out = NeuronLayer("output", self.out_dim)
-        connect(out, self.unembed, "in", fold_index(self.out_dim, 1))
+        out.incoming(self.unembed, fold_index(self.out_dim, 1))
         out.add(self, "out_perm", 0, fold_index(self.out_dim, 1))
         return layers + [out]
+
+    def graph(self) -> "Graph":
+        """Rows input, embed (the residual stream after the input linear), then per block b: attention{b}
+        (q|k|v, three stacked copies of the head channels; a channel's q, k, v are one unit, as in
+        `neuron_layers`), residual, mlp{b} (hidden units), residual; then output. The attention output
+        linear reads the v copy (attention mixes positions, never channels). Residual skips are identity
+        edges."""
+        d = self.d_model
+        rows = [Row("input", self.embed_in.in_coords, "input", caller=self.in_perm,
+                    unit=torch.arange(self.in_dim)), Row("embed", self.embed_in.out_coords)]
+        edges, res = [("embed_in", self.embed_in, 0, 1)], 1
+        for b, blk in enumerate(self.blocks):
+            a = len(rows)
+            rows += [Row(f"attention{b}", blk.qkv.out_coords, fold=3), Row("residual", blk.attn_out.out_coords),
+                     Row(f"mlp{b}", blk.mlp_in.out_coords), Row("residual", blk.mlp_out.out_coords)]
+            edges += [(f"blocks.{b}.qkv", blk.qkv, res, a),
+                      (f"blocks.{b}.attn_out", blk.attn_out, a, a + 1, torch.arange(2 * d, 3 * d)),
+                      (f"blocks.{b}.attn_skip", None, res, a + 1),
+                      (f"blocks.{b}.mlp_in", blk.mlp_in, a + 1, a + 2),
+                      (f"blocks.{b}.mlp_out", blk.mlp_out, a + 2, a + 3),
+                      (f"blocks.{b}.mlp_skip", None, a + 1, a + 3)]
+            res = a + 3
+        rows.append(Row("output", self.unembed.out_coords, "output", caller=self.out_perm))
+        return Graph(rows, edges + [("unembed", self.unembed, res, len(rows) - 1)])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -447,16 +586,23 @@ def connection_cost(model: nn.Module, weight_factor: float = 1.0, l0: float = 0.
 # Swapping
 
 
+def _neuron_layers(model: nn.Module) -> list[NeuronLayer]:
+    if not callable(getattr(model, "neuron_layers", None)):
+        raise TypeError(f"{type(model).__name__} cannot be swapped: it needs a neuron_layers() method listing "
+                        f"its swappable layers (subclass bc.SwappableModel; see BioMLP.neuron_layers)")
+    return model.neuron_layers()
+
+
 def _get_layer(model: nn.Module, layer) -> NeuronLayer:
     if isinstance(layer, NeuronLayer):
         return layer
-    layers = model.neuron_layers()
+    layers = _neuron_layers(model)
     if isinstance(layer, str):
         for nl in layers:
             if nl.name == layer:
                 return nl
         raise ValueError(f"no neuron layer named {layer!r}; layers are {[nl.name for nl in layers]}")
-    if not isinstance(layer, int) or not -len(layers) <= layer < len(layers):
+    if isinstance(layer, bool) or not isinstance(layer, int) or not -len(layers) <= layer < len(layers):
         raise ValueError(f"layer must be a name or an index in [0, {len(layers)}), got {layer!r}")
     return layers[layer]
 
@@ -470,53 +616,47 @@ def _with_state(t: torch.Tensor, optimizer: torch.optim.Optimizer | None) -> lis
 def permute_units(model: nn.Module, layer, perm: torch.Tensor,
                   optimizer: torch.optim.Optimizer | None = None) -> None:
     """Rearrange the units of `layer` (index, name or NeuronLayer): position p receives the unit now at
-    perm[p]. Moves every member tensor, and the optimizer's per-parameter state (e.g. Adam's moments) so
-    that training goes on as if nothing had moved. One gather per tensor, whatever the number of swaps."""
+    perm[p]. Moves every member tensor, and with an optimizer its per-parameter state (e.g. Adam's moments)
+    too, so that training goes on as if nothing had moved (without one, the moments stay at their
+    positions, as in the authors' code). One gather per tensor, whatever the number of swaps."""
     nl = _get_layer(model, layer)
     if nl.fixed:
         raise ValueError(f"neuron layer {nl.name!r} is fixed (fix_inputs=True); its neurons cannot be swapped")
-    perm = torch.as_tensor(perm, dtype=torch.long)
-    if not torch.equal(perm.sort().values, torch.arange(nl.n_units)):
-        raise ValueError(f"perm must be a permutation of range({nl.n_units}) for layer {nl.name!r}")
-    for module, attr, dim, index, _ in nl.members:
-        t = getattr(module, attr)
-        full = torch.arange(t.shape[dim])
-        full[index] = index[:, perm]  # every copy of a unit moves with it
+    perm = torch.as_tensor(perm)
+    if perm.dtype != torch.long or not torch.equal(perm.sort().values, torch.arange(nl.n_units)):
+        raise ValueError(f"perm must be an integer permutation of range({nl.n_units}) for layer {nl.name!r}")
+    for m in nl.members:
+        t = getattr(m.module, m.attr)
+        full = torch.arange(t.shape[m.dim])
+        full[m.index] = m.index[:, perm]  # every copy of a unit moves with it
         full = full.to(t.device)
         with torch.no_grad():
             for v in _with_state(t, optimizer):
-                v.copy_(v.index_select(dim, full))  # index_select copies first: no aliasing
+                v.copy_(v.index_select(m.dim, full))  # index_select copies first: no aliasing
 
 
 def swap_units(model: nn.Module, layer, j: int, k: int,
                optimizer: torch.optim.Optimizer | None = None) -> None:
-    """Exchange units j and k of `layer` (index, name or NeuronLayer), optimizer state included, as
-    `permute_units` does; only the two units' slices are copied."""
+    """Exchange units j and k of `layer` (index, name or NeuronLayer): `permute_units` with a transposition."""
     nl = _get_layer(model, layer)
-    if nl.fixed:
-        raise ValueError(f"neuron layer {nl.name!r} is fixed (fix_inputs=True); its neurons cannot be swapped")
     for u in (j, k):
-        if not isinstance(u, int) or not 0 <= u < nl.n_units:
+        if isinstance(u, bool) or not isinstance(u, int) or not 0 <= u < nl.n_units:
             raise ValueError(f"unit index must be an int in [0, {nl.n_units}) for layer {nl.name!r}, got {u!r}")
-    for module, attr, dim, index, _ in nl.members:
-        t = getattr(module, attr)
-        a, b = index[:, j].to(t.device), index[:, k].to(t.device)
-        with torch.no_grad():
-            for v in _with_state(t, optimizer):
-                va, vb = v.index_select(dim, a), v.index_select(dim, b)  # copies: no aliasing
-                v.index_copy_(dim, a, vb)
-                v.index_copy_(dim, b, va)
+    perm = torch.arange(nl.n_units)
+    perm[[j, k]] = perm[[k, j]]
+    permute_units(model, nl, perm, optimizer)
 
 
 def neuron_scores(nl: NeuronLayer) -> torch.Tensor:
-    """Per unit: sum |incoming weights| + sum |outgoing weights| (all fold copies). Shape (n_units,)."""
+    """Per unit: sum |incoming weights| + sum |outgoing weights| (all fold copies; an embedding counts as
+    incoming). Shape (n_units,)."""
     score = torch.zeros(nl.n_units, dtype=torch.float64)
-    for module, attr, dim, index, role in nl.members:
-        if role is None:
+    for m in nl.members:
+        if m.role is None:
             continue
-        w = getattr(module, attr).detach().abs().double()
-        per_pos = w.sum(dim=1 - dim)  # (size along dim,)
-        score += per_pos[index].sum(0).cpu()
+        w = getattr(m.module, m.attr).detach().abs().double()
+        per_pos = w.sum(dim=1 - m.dim)  # (size along dim,)
+        score += per_pos[m.index].sum(0).cpu()
     return score
 
 
@@ -525,18 +665,18 @@ def placement_costs(nl: NeuronLayer, coefs: dict) -> torch.Tensor:
     (float64, shape (n_units, n_units)). Swapping j and k changes the total cost by
     P[j, k] + P[k, j] - P[j, j] - P[k, k]: one matrix product per BioLinear scores every candidate."""
     P = torch.zeros(nl.n_units, nl.n_units, dtype=torch.float64)
-    in_lins, out_lins = [], []
-    for module, attr, dim, index, role in nl.members:
-        if role not in ("in", "out") or not isinstance(module, BioLinear):
+    sides = {"incoming": set(), "outgoing": set()}
+    for m in nl.members:
+        if m.role not in sides or not isinstance(m.module, BioLinear):
             continue  # embeddings and biases pay l0 * |w| wherever they sit
-        (in_lins if role == "in" else out_lins).append(module)
-        w = module.weight.detach().abs().double()
-        coef, scale = coefs[module]
+        sides[m.role].add(m.module)
+        w = m.module.weight.detach().abs().double()
+        coef, scale = coefs[m.module]
         coef = coef.double()
-        # G[r, s] = cost of the connections that row (in) / column (out) r has, placed at position s
-        G = w @ coef.T if role == "in" else w.T @ coef
-        P += scale * G[index[:, :, None], index[:, None, :]].sum(0).cpu()
-    if set(in_lins) & set(out_lins):
+        # G[r, s] = cost of the connections of the unit's row (incoming) / column (outgoing) r at position s
+        G = w @ coef.T if m.role == "incoming" else w.T @ coef
+        P += scale * G[m.index[:, :, None], m.index[:, None, :]].sum(0).cpu()
+    if sides["incoming"] & sides["outgoing"]:
         raise NotImplementedError(f"layer {nl.name!r} has a BioLinear on both sides; its swap cost is not separable")
     return P
 
@@ -561,7 +701,7 @@ def relocate(model: nn.Module, top_k: int, optimizer: torch.optim.Optimizer | No
     coefs = cost_coefficients(model, **{k: v for k, v in cost_kwargs.items()
                                          if k not in ("bias_penalty", "embedding_penalty")})
     swaps = 0
-    for nl in model.neuron_layers():
+    for nl in _neuron_layers(model):
         if nl.fixed or nl.n_units < 2:
             continue
         # The greedy pass runs on P alone (numpy: these are ~100-element vectors); the model is permuted
@@ -589,103 +729,13 @@ def relocate(model: nn.Module, top_k: int, optimizer: torch.optim.Optimizer | No
 # Analysis
 
 
-class Edge(NamedTuple):
-    """`linear` reads row src and writes row dst. cols[j]: the src position that the linear's input j reads
-    (None: the whole row, in order). linear None: an identity (a residual skip) between rows of one width,
-    drawn grey, never pruned and not counted as a connection."""
-    name: str
-    linear: BioLinear | None
-    src: int
-    dst: int
-    cols: torch.Tensor | None = None
-
-    def src_cols(self):
-        return slice(None) if self.cols is None else self.cols
-
-
-@dataclass
-class Graph:
-    """Rows of neurons (bottom to top) and the edges between them; what analysis and plotting walk.
-
-    Edges are listed so that every row is written before it is read. A model may describe itself with a
-    `graph()` method; BioMLP is the chain input -> hidden1 -> ... -> output (named as in `neuron_layers`),
-    BioTransformer is `transformer_graph`.
-    """
-    rows: list
-    edges: list
-
-    def __post_init__(self):
-        self.edges = [Edge(*e) for e in self.edges]
-
-
 def network_graph(model: nn.Module) -> Graph:
-    if hasattr(model, "graph"):
-        return model.graph()
-    if isinstance(model, BioTransformer):
-        return transformer_graph(model)
-    if not isinstance(getattr(model, "linears", None), nn.ModuleList):
-        raise ValueError(f"{type(model).__name__} has no graph() method and no .linears chain; pass graph=")
-    n = len(model.linears)
-    rows = ["input"] + [f"hidden{i}" for i in range(1, n)] + ["output"]
-    return Graph(rows, [(f"linears.{i}", lin, i, i + 1) for i, lin in enumerate(model.linears)])
-
-
-def transformer_graph(model: "BioTransformer") -> Graph:
-    """Rows input, embed (the residual stream after the input linear), then per block b: attention{b}
-    (q|k|v, three stacked copies of the head channels), residual, mlp{b} (hidden units), residual; then
-    output. The attention output linear reads the v copy (attention mixes positions, never channels); q, k
-    and v of a channel are one unit, as in `neuron_layers`. Residual skips are identity edges."""
-    d = model.d_model
-    rows, edges, res = ["input", "embed"], [("embed_in", model.embed_in, 0, 1)], 1
-    for b, blk in enumerate(model.blocks):
-        a = len(rows)
-        rows += [f"attention{b}", "residual", f"mlp{b}", "residual"]
-        edges += [(f"blocks.{b}.qkv", blk.qkv, res, a),
-                  (f"blocks.{b}.attn_out", blk.attn_out, a, a + 1, torch.arange(2 * d, 3 * d)),
-                  (f"blocks.{b}.attn_skip", None, res, a + 1),
-                  (f"blocks.{b}.mlp_in", blk.mlp_in, a + 1, a + 2),
-                  (f"blocks.{b}.mlp_out", blk.mlp_out, a + 2, a + 3),
-                  (f"blocks.{b}.mlp_skip", None, a + 1, a + 3)]
-        res = a + 3
-    return Graph(rows + ["output"], edges + [("unembed", model.unembed, res, len(rows))])
-
-
-@dataclass
-class Row:
-    """One row of neurons: coords (n, d); unit[p] = the unit at position p (the copies of a folded row are
-    one unit: an embedding dimension, or a channel's q|k|v), except on an input row of caller features;
-    caller[p] = the caller's index of that input or output (through in_perm / out_perm), None if hidden."""
-    name: str
-    coords: torch.Tensor
-    fold: int
-    unit: torch.Tensor
-    caller: torch.Tensor | None
-    kind: str  # 'input', 'hidden' or 'output'
-
-
-def graph_rows(model: nn.Module, graph: Graph) -> list[Row]:
-    found = {}
-    for e in graph.edges:
-        if e.linear is not None:
-            found.setdefault(e.dst, (e.linear.out_coords.cpu(), e.linear.out_fold))
-            if e.cols is None:
-                found.setdefault(e.src, (e.linear.in_coords.cpu(), e.linear.in_fold))
-    srcs, dsts = {e.src for e in graph.edges}, {e.dst for e in graph.edges}
-    rows = []
-    for r, name in enumerate(graph.rows):
-        coords, fold = found[r]
-        n, pos = len(coords), torch.arange(len(coords))
-        kind = "input" if r not in dsts else ("output" if r not in srcs else "hidden")
-        unit, caller = pos % (n // fold), None
-        if kind == "input":
-            perm = getattr(model, "in_perm", torch.arange(0)).cpu()
-            unit = pos if len(perm) == n else unit  # no perm: embedding dims
-            caller = perm if len(perm) == n else unit
-        elif kind == "output":
-            perm = getattr(model, "out_perm", torch.arange(0)).cpu()
-            caller = perm if len(perm) == n else pos
-        rows.append(Row(name, coords, fold, unit, caller, kind))
-    return rows
+    """model.graph(), with a clear error for a model that does not describe itself."""
+    if not callable(getattr(model, "graph", None)):
+        raise TypeError(f"{type(model).__name__} cannot be analysed or drawn: it needs a graph() method "
+                        f"describing its rows of neurons and the BioLinears between them (subclass "
+                        f"bc.SwappableModel; see BioMLP.graph), or pass graph=")
+    return model.graph()
 
 
 def surviving(graph: Graph, threshold: float = 0.0) -> list[torch.Tensor]:
@@ -699,17 +749,17 @@ def surviving(graph: Graph, threshold: float = 0.0) -> list[torch.Tensor]:
     return masks
 
 
-def active_neurons(rows: list[Row], graph: Graph, masks: list) -> list[torch.Tensor]:
+def active_neurons(graph: Graph, masks: list) -> list[torch.Tensor]:
     """Per row, a bool per unit. A neuron is active if it keeps at least one incoming and one outgoing
     connection; inputs need only an outgoing one, outputs only an incoming one. Folded copies of an
     embedded input count as one unit, active if any copy is."""
-    has_in = [torch.zeros(len(r.coords), dtype=torch.bool) for r in rows]
-    has_out = [torch.zeros(len(r.coords), dtype=torch.bool) for r in rows]
+    has_in = [torch.zeros(len(r.coords), dtype=torch.bool) for r in graph.rows]
+    has_out = [torch.zeros(len(r.coords), dtype=torch.bool) for r in graph.rows]
     for e, m in zip(graph.edges, masks):
         has_out[e.src][e.src_cols()] |= m.any(0)
         has_in[e.dst] |= m.any(1)
     active = []
-    for r, i, o in zip(rows, has_in, has_out):
+    for r, i, o in zip(graph.rows, has_in, has_out):
         a = o if r.kind == "input" else (i if r.kind == "output" else i & o)
         units = torch.zeros(int(r.unit.max()) + 1, dtype=torch.bool)
         units[r.unit[a]] = True
@@ -734,10 +784,11 @@ def _short(xs: list, n: int = 12) -> str:
     return str(xs) if len(xs) <= n else f"[{', '.join(map(str, xs[:n]))}, ... ({len(xs)} in all)]"
 
 
-def find_modules(rows: list[Row], graph: Graph, masks: list) -> list[Module]:
-    """Connected components (union-find over surviving connections) holding an input and an output."""
+def find_modules(graph: Graph, masks: list, active: list | None = None) -> list[Module]:
+    """Connected components (union-find over surviving connections) holding an input and an output, sorted
+    by their inputs."""
     offset = [0]
-    for r in rows:
+    for r in graph.rows:
         offset.append(offset[-1] + int(r.unit.max()) + 1)
     parent = list(range(offset[-1]))
 
@@ -749,14 +800,13 @@ def find_modules(rows: list[Row], graph: Graph, masks: list) -> list[Module]:
 
     for e, m in zip(graph.edges, masks):
         o, i = m.nonzero(as_tuple=True)
-        dst_units, src_units = rows[e.dst].unit[o], rows[e.src].unit[e.src_cols()][i]
+        dst_units, src_units = graph.rows[e.dst].unit[o], graph.rows[e.src].unit[e.src_cols()][i]
         for a, b in zip((offset[e.dst] + dst_units).tolist(), (offset[e.src] + src_units).tolist()):
             ra, rb = root(a), root(b)
             if ra != rb:
                 parent[ra] = rb
     comps = {}
-    active = active_neurons(rows, graph, masks)
-    for ri, (r, act) in enumerate(zip(rows, active)):
+    for ri, (r, act) in enumerate(zip(graph.rows, active or active_neurons(graph, masks))):
         for u in act.nonzero().flatten().tolist():
             c = comps.setdefault(root(offset[ri] + u), Module([], [], {}))
             if r.kind == "hidden":
@@ -768,40 +818,39 @@ def find_modules(rows: list[Row], graph: Graph, masks: list) -> list[Module]:
     for m in mods:
         m.inputs.sort()
         m.outputs.sort()
-    return sorted(mods, key=lambda m: m.outputs)
+    return sorted(mods, key=lambda m: (m.inputs, m.outputs))
 
 
-def reachable_inputs(rows: list[Row], graph: Graph, masks: list) -> dict:
-    """{output (caller index): sorted inputs (caller index) with a surviving path to it}. One input row."""
-    inp = next(r for r in rows if r.kind == "input")
-    n_in = int(inp.caller.max()) + 1
-    reach = [None] * len(rows)
-    reach[rows.index(inp)] = F.one_hot(inp.caller, n_in).float()
+def reach_matrices(graph: Graph, masks: list) -> list:
+    """Per row, a bool (positions, inputs) matrix: which inputs (caller index; one input row) have a
+    surviving path to each neuron. None for a row that no input feeds."""
+    inp = next(r for r in graph.rows if r.kind == "input")
+    reach = [None] * len(graph.rows)
+    reach[graph.rows.index(inp)] = F.one_hot(inp.caller, int(inp.caller.max()) + 1).bool()
     for e, m in zip(graph.edges, masks):
-        s, d = e.src, e.dst
-        if reach[s] is None:
-            continue  # a row fed by no input
-        r = (m.float() @ reach[s][e.src_cols()] > 0).float()
-        reach[d] = r if reach[d] is None else torch.maximum(reach[d], r)
-    out = {}
-    for ri, r in enumerate(rows):
-        if r.kind == "output" and reach[ri] is not None:
-            for p, c in enumerate(r.caller.tolist()):
-                out[c] = reach[ri][p].nonzero().flatten().tolist()
-    return dict(sorted(out.items()))
+        if reach[e.src] is not None:
+            r = (m.float() @ reach[e.src][e.src_cols()].float()) > 0
+            reach[e.dst] = r if reach[e.dst] is None else reach[e.dst] | r
+    return reach
 
 
 @dataclass
 class NetworkReport:
-    """The numbers behind a picture, at one relative threshold (see `analyze`)."""
+    """The numbers behind a picture, at one relative threshold (see `analyze`).
+    reach: {output: inputs with a surviving path to it} (caller indices); active[r]: the active units of
+    row r; reads[r]: {active unit of row r: the inputs with a surviving path to it} (internal positions)."""
     threshold: float
     connections: int
     total_connections: int
     neurons: int
     total_neurons: int
+    hidden_neurons: int  # active neurons of the hidden rows
     wiring: float  # sum over surviving connections of |w| * length
     reach: dict
     modules: list
+    rows: list
+    active: list
+    reads: list
     metric: float | None = None
 
     def __str__(self):
@@ -817,14 +866,25 @@ def analyze(model: nn.Module, threshold: float = 0.0, graph: Graph | None = None
     """Active connections and neurons, wiring length, reachability and modules of the connections that
     survive a relative threshold (without changing the weights)."""
     graph = graph or network_graph(model)
-    rows, masks = graph_rows(model, graph), surviving(graph, threshold)
-    active = active_neurons(rows, graph, masks)
-    wiring = sum(float((lin.weight.detach().abs().cpu() * lin.dist.cpu() * m).sum())
-                 for (_, lin, _, _, _), m in zip(graph.edges, masks) if lin is not None)
+    masks = surviving(graph, threshold)
+    active = active_neurons(graph, masks)
+    reach = reach_matrices(graph, masks)
+    wiring = sum(float((e.linear.weight.detach().abs().cpu() * e.linear.dist.cpu() * m).sum())
+                 for e, m in zip(graph.edges, masks) if e.linear is not None)
     learned = [m for e, m in zip(graph.edges, masks) if e.linear is not None]  # skips are not counted
+    outputs, reads = {}, []
+    for r, rr, act in zip(graph.rows, reach, active):
+        units = act.nonzero().flatten().tolist()
+        pos = {u: (r.unit == u).nonzero().flatten() for u in units}  # a unit's positions (its fold copies)
+        reads.append({} if rr is None or r.kind == "input" else
+                     {u: rr[p].any(0).nonzero().flatten().tolist() for u, p in pos.items()})
+        if r.kind == "output" and rr is not None:
+            outputs.update({c: rr[p].nonzero().flatten().tolist() for p, c in enumerate(r.caller.tolist())})
     return NetworkReport(threshold, sum(int(m.sum()) for m in learned), sum(m.numel() for m in learned),
-                         sum(int(a.sum()) for a in active), sum(len(a) for a in active), wiring,
-                         reachable_inputs(rows, graph, masks), find_modules(rows, graph, masks))
+                         sum(int(a.sum()) for a in active), sum(len(a) for a in active),
+                         sum(int(a.sum()) for r, a in zip(graph.rows, active) if r.kind == "hidden"), wiring,
+                         dict(sorted(outputs.items())), find_modules(graph, masks, active),
+                         [r.name for r in graph.rows], [a.nonzero().flatten().tolist() for a in active], reads)
 
 
 @dataclass
@@ -882,7 +942,7 @@ def intervene(model: nn.Module, weights: dict | None = None, neurons: dict | Non
     embedding_dims: columns of model.embedding set to `value` for every token.
     """
     graph = graph or network_graph(model)
-    rows, names, saved, hooks = graph_rows(model, graph), _param_names(model), {}, []
+    rows, names, saved, hooks = graph.rows, _param_names(model), {}, []
     try:
         with torch.no_grad():
             for e, where in (weights or {}).items():
@@ -893,7 +953,7 @@ def intervene(model: nn.Module, weights: dict | None = None, neurons: dict | Non
                 saved[names[id(model.embedding)]] = model.embedding.detach().clone()
                 model.embedding[:, embedding_dims] = value
         for row, pos in (neurons or {}).items():
-            r = graph.rows.index(row) if isinstance(row, str) else row
+            r = graph.index(row) if isinstance(row, str) else row
             hit = torch.isin(rows[r].unit, torch.as_tensor(pos))
             for e in filter(lambda e: e.linear is not None, graph.edges):
                 lin = e.linear
@@ -956,7 +1016,7 @@ def plot_network(model: nn.Module, ax=None, threshold: float = 0.0, graph: Graph
     from matplotlib.collections import LineCollection
 
     graph = graph or network_graph(model)
-    rows = graph_rows(model, graph)
+    rows = graph.rows
     if any(r.coords.shape[1] != 1 for r in rows):
         raise ValueError("plot_network draws 1D ('line') networks; use plot_network_3d for 2D ones")
     if ax is None:
@@ -993,7 +1053,7 @@ def plot_network_3d(model: nn.Module, ax=None, threshold: float = 0.0, graph: Gr
     from mpl_toolkits.mplot3d.art3d import Line3DCollection
 
     graph = graph or network_graph(model)
-    rows = graph_rows(model, graph)
+    rows = graph.rows
     if ax is None:
         ax = plt.figure(figsize=(7, 7)).add_subplot(projection="3d")
     pts = []
@@ -1111,22 +1171,6 @@ def threshold_explorer(model: nn.Module, metric_fn=None, graph: Graph | None = N
                                  description="threshold", continuous_update=False, readout_format=".2f")
     return _slider_view(slider, lambda t, fig: threshold_view(model, t, metric_fn, _new_axes(fig, draw), graph,
                                                               draw, **draw_kw), figsize)
-
-
-def snapshot_explorer(model: nn.Module, snapshots: list, draw=None, figsize=(6, 6), **draw_kw):
-    """An ipywidgets slider that scrubs through recorded training snapshots (on a copy of the model)."""
-    import copy
-
-    import ipywidgets as widgets
-
-    m = copy.deepcopy(model)
-    slider = widgets.IntSlider(value=0, min=0, max=len(snapshots) - 1, description="snapshot",
-                               continuous_update=False)
-
-    def render(i, fig):
-        draw_snapshot(m, snapshots[i], _new_axes(fig, draw), draw, **draw_kw)
-
-    return _slider_view(slider, render, figsize)
 
 
 # ----------------------------------------------------------------------------------------------------------

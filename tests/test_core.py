@@ -186,7 +186,7 @@ def test_permute_units_equals_the_same_swaps_one_by_one(kind):
     bc.permute_units(a, layer, torch.tensor(perm))
     assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
     assert torch.allclose(a(x), ref, atol=1e-6, rtol=1e-5)
-    with pytest.raises(ValueError, match="must be a permutation"):
+    with pytest.raises(ValueError, match="must be an integer permutation"):
         bc.permute_units(a, layer, torch.zeros(n, dtype=torch.long))
 
 
@@ -267,11 +267,11 @@ def brute_force_relocate(model, top_k, **cost_kwargs):
         if nl.fixed or nl.n_units < 2:
             continue
         score = torch.zeros(nl.n_units, dtype=torch.float64)
-        for module, attr, dim, index, role in nl.members:
-            if role is not None:
-                w = getattr(module, attr).detach().abs().double()
+        for m in nl.members:
+            if m.role is not None:
+                w = getattr(m.module, m.attr).detach().abs().double()
                 for u in range(nl.n_units):
-                    score[u] += w.index_select(dim, index[:, u]).sum()
+                    score[u] += w.index_select(m.dim, m.index[:, u]).sum()
         order = torch.argsort(score, descending=True, stable=True)[:top_k].tolist()
         where = list(range(nl.n_units))
         for u in order:

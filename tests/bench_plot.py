@@ -15,6 +15,8 @@ import torch  # noqa: E402
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import bimt_core as bc  # noqa: E402
 
+torch.set_num_threads(1)
+print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
 model = bc.BioMLP([784, 100, 100, 10], geometry="grid", out_geometry="ring", fix_inputs=True,
                   generator=torch.Generator().manual_seed(0))
 line = bc.BioMLP([784, 100, 100, 10], generator=torch.Generator().manual_seed(0))

@@ -258,9 +258,10 @@ def test_state_dict_round_trip_restores_everything():
 
 # ---------------------------------------------------------------------------------------------- relocate
 
-def brute_force_relocate(model, top_k, **cost_kwargs):
+def brute_force_relocate(model, top_k, follow="neurons", **cost_kwargs):
     """Oracle: the authors' procedure. For each candidate, swap, recompute the WHOLE cost, swap back.
-    A swap must beat the current cost by SWAP_TOL of the starting total (bimt_core.relocate's rule)."""
+    A swap must beat the current cost by SWAP_TOL of the starting total (bimt_core.relocate's rule).
+    follow 'neurons': visit each ranked unit where it now is; 'positions': the position it was ranked at."""
     swaps = 0
     tol = bc.SWAP_TOL * bc.connection_cost(model, **cost_kwargs).item()
     for li, nl in enumerate(model.neuron_layers()):
@@ -275,7 +276,7 @@ def brute_force_relocate(model, top_k, **cost_kwargs):
         order = torch.argsort(score, descending=True, stable=True)[:top_k].tolist()
         where = list(range(nl.n_units))
         for u in order:
-            j = where[u]
+            j = where[u] if follow == "neurons" else u
             base = bc.connection_cost(model, **cost_kwargs).item()
             costs = []
             for k in range(nl.n_units):
@@ -312,10 +313,19 @@ def trained(kind, steps=60, seed=0, **over):
     return m
 
 
-def assert_same_relocation(m, top_k, **kw):
+def float64_oracle(m):
+    """A float64 copy of m that keeps m's own (float32-rounded) geometry, so that both see the same lengths:
+    .double() alone would recompute them exactly, and the two would then be different cost functions."""
     oracle = copy.deepcopy(m).double()
-    n_fast = bc.relocate(m, top_k, **kw)
-    n_brute = brute_force_relocate(oracle, top_k, **kw)
+    for a, b in zip(bc._linears(m), bc._linears(oracle)):
+        b.in_coords, b.out_coords, b.dist = a.in_coords.double(), a.out_coords.double(), a.dist.double()
+    return oracle
+
+
+def assert_same_relocation(m, top_k, follow="neurons", **kw):
+    oracle = float64_oracle(m)
+    n_fast = bc.relocate(m, top_k, follow=follow, **kw)
+    n_brute = brute_force_relocate(oracle, top_k, follow, **kw)
     assert n_fast == n_brute
     for (name, a), (_, b) in zip(m.state_dict().items(), oracle.state_dict().items()):
         if a.is_floating_point():
@@ -326,16 +336,17 @@ def assert_same_relocation(m, top_k, **kw):
     return n_fast
 
 
+@pytest.mark.parametrize("follow", ["neurons", "positions"])
 @pytest.mark.parametrize("kind", list(KINDS))
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_relocate_equals_brute_force(kind, seed):
+def test_relocate_equals_brute_force(kind, seed, follow):
     m = trained(kind, seed=seed)
     kw = dict(weight_factor=2.0 if seed else 1.0, l0=0.5 if seed else 0.1, agg="mean" if seed % 2 else "sum",
               last_layer_l0_only=seed == 2)
     cost0 = bc.connection_cost(m, **kw).item()
     x = inputs(m)
     ref = m(x).detach()
-    n = assert_same_relocation(m, top_k=5, **kw)
+    n = assert_same_relocation(m, top_k=5, follow=follow, **kw)
     assert n > 0  # otherwise the comparison proves little
     assert bc.connection_cost(m, **kw).item() < cost0
     assert torch.allclose(m(x), ref, atol=1e-5, rtol=1e-4)
@@ -357,6 +368,27 @@ def test_relocate_equals_brute_force_on_mnist_shape():
     assert n > 0
     # the last layer pays l0 only, so every output swap is an exact tie: rounding must not move outputs
     assert torch.equal(m.out_perm, torch.arange(10))
+
+
+def test_following_positions_is_a_different_procedure():
+    """The two orders agree until a ranked unit is moved by an earlier swap; on this network they part."""
+    a = trained("line", seed=1)
+    b = copy.deepcopy(a)
+    bc.relocate(a, 20, follow="neurons", weight_factor=2.0)
+    bc.relocate(b, 20, follow="positions", weight_factor=2.0)
+    assert not torch.equal(a.linears[1].weight, b.linears[1].weight)
+    with pytest.raises(ValueError, match="follow must be 'neurons' or 'positions'"):
+        bc.relocate(a, 5, follow="units")
+
+
+def test_swap_without_optimizer_leaves_adam_state_at_its_positions():
+    m = make("line")
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
+    F.mse_loss(m(inputs(m)), torch.zeros(32, 2)).backward()
+    opt.step()
+    state = {k: v.clone() for k, v in opt.state[m.linears[0].weight].items()}
+    bc.permute_units(m, 1, torch.tensor([3, 1, 2, 0] + list(range(4, 20))))  # no optimizer: the authors' swaps
+    assert all(torch.equal(opt.state[m.linears[0].weight][k], v) for k, v in state.items())
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -408,5 +440,5 @@ def test_nan_loss_raises_with_step_and_lambda():
 
 def test_train_rejects_mismatched_data():
     x, y = tiny_task()
-    with pytest.raises(ValueError, match="differ in length"):
+    with pytest.raises(ValueError, match="64 inputs and 10 targets"):
         bc.train(make("line"), bc.BIMTConfig(steps=1), (x, y[:10]), (x, y), F.mse_loss, progress=False)

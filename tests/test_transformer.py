@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from bimt_core import BioLinear, BioTransformer, connection_cost, neuron_coords, relocate
-from test_core import brute_force_relocate  # the oracle: every candidate, whole cost recomputed
+from test_core import brute_force_relocate, float64_oracle  # the oracle: every candidate, whole cost recomputed
 
 COST = dict(weight_factor=2.0, l0=0.5, agg="mean")  # Fig 7's cost settings
 
@@ -143,7 +143,7 @@ def test_input_output_swaps_keep_caller_order():
 ])
 def test_relocate_equals_brute_force(n_heads, layer_norm, top_k, cost):
     fast = make(n_heads, layer_norm, seed=5).float()
-    slow = copy.deepcopy(fast).double()
+    slow = float64_oracle(fast)
     n_fast = relocate(fast, top_k, **cost)
     n_slow = brute_force_relocate(slow, top_k, **cost)
     assert n_fast == n_slow > 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import json
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -931,6 +932,15 @@ def analyze(model: nn.Module, threshold: float = 0.0, graph: Graph | None = None
                          [r.name for r in graph.rows], [a.nonzero().flatten().tolist() for a in active], reads)
 
 
+def embedding_modules(model: nn.Module, threshold: float) -> list[list[int]]:
+    """The modules of a token embedding: the embedding dims of each connected component of the network below
+    the output layer (every output reads every module, so on the whole network there is one component)."""
+    if getattr(model, "embedding", None) is None:
+        raise ValueError(f"{type(model).__name__} has no token embedding (BioMLP with vocab_size)")
+    graph = network_graph(model)
+    return [m.inputs for m in analyze(model, threshold, graph.upto(graph.rows[-2].name)).modules]
+
+
 @dataclass
 class Pruned:
     """What `prune` changed: the original weights by parameter name, and what survived. Also a context
@@ -1161,7 +1171,9 @@ def save_gif(model: nn.Module, snapshots: list, path: str = "figures/training.gi
         with writer.saving(fig, path, dpi):
             for snap in snapshots:
                 fig.clf()
-                draw_snapshot(m, snap, _new_axes(fig, draw), draw, **draw_kw)
+                ax = draw_snapshot(m, snap, _new_axes(fig, draw), draw, **draw_kw)
+                if ax.name != "3d":
+                    fig.tight_layout()  # room for the row names and labels in every frame
                 writer.grab_frame()
     finally:
         plt.close(fig)
@@ -1415,6 +1427,40 @@ def train(model: nn.Module, cfg: BIMTConfig, train_data: tuple, test_data: tuple
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """Fraction of rows whose argmax equals the label."""
     return (logits.argmax(-1) == labels).float().mean().item()
+
+
+class Claims:
+    """The checked facts of one notebook run. `check` prints 'name: holds', the line nbval compares, and keeps
+    the record (name, holds, value): the measurement stays out of the line, so the line reads the same on
+    every correct install. `note` records and prints a measured fact that is no claim (holds None). With a
+    path, every record so far is (re)written there as JSON with the run's fields (notebook, seed,
+    procedure): what the seed sweep (tests/sweep.py) collects."""
+
+    def __init__(self, path=None, **run):
+        self.path, self.run, self.records = path, run, []
+
+    def _add(self, name: str, holds, value) -> None:
+        self.records.append({**self.run, "claim": name, "holds": holds, "value": value})
+        if self.path:
+            Path(self.path).write_text(json.dumps(self.records, indent=1,
+                                                  default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
+
+    def check(self, name: str, holds, value=None) -> bool:
+        holds = bool(holds)
+        self._add(name, holds, value)
+        print(f"{name}: {holds}")
+        return holds
+
+    def note(self, name: str, value) -> None:
+        self._add(name, None, value)
+        print(f"{name}: {value}")
+
+
+def figures_dir() -> Path:
+    """figures/ beside bimt_core.py (the repository's), created if needed: where the notebooks save."""
+    path = Path(__file__).resolve().parent / "figures"
+    path.mkdir(exist_ok=True)
+    return path
 
 
 # ----------------------------------------------------------------------------------------------------------

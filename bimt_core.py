@@ -1056,6 +1056,41 @@ def discover_circuit(model: nn.Module, x: torch.Tensor, metric, target: float = 
     return Circuit(masks, edges, total, faith(masks), time.perf_counter() - t0, method)
 
 
+def compact(model: BioMLP, threshold: float = 0.0) -> BioMLP:
+    """A smaller BioMLP computing what `model` computes after `prune(model, threshold)` (up to rounding):
+    the pruned weights without the dead hidden neurons, those that read no kept neuron or feed none. One that
+    reads nothing still feeds act(bias) forward: that constant is folded into the next layer's bias (so the
+    result has biases). Inputs, outputs, their order, embedding and kept neurons' coordinates are unchanged."""
+    if not isinstance(model, BioMLP):
+        raise TypeError(f"compact supports BioMLP (embeddings, folds, grids and rings included), not "
+                        f"{type(model).__name__}")
+    lins = model.linears
+    masks = surviving(network_graph(model), threshold)
+    ws = [lin.weight.detach() * m.to(lin.weight.device) for lin, m in zip(lins, masks)]
+    bs = [torch.zeros_like(lin.weight[:, 0]) if lin.bias is None else lin.bias.detach().clone() for lin in lins]
+    keep = [torch.arange(model.shape[0])]
+    for l in range(1, len(lins)):  # forward: fold the neurons that read no kept neuron into the next bias
+        fed = (ws[l - 1][:, keep[-1]] != 0).any(1)
+        bs[l] += ws[l][:, ~fed] @ model.act(bs[l - 1][~fed])
+        keep.append(fed.nonzero().flatten())
+    keep.append(torch.arange(model.shape[-1]))
+    for l in range(len(lins) - 1, 0, -1):  # backward: drop the neurons that feed no kept neuron
+        keep[l] = keep[l][(ws[l][keep[l + 1]][:, keep[l]] != 0).any(0)]
+    if any(len(k) == 0 for k in keep):
+        raise ValueError(f"a hidden layer has no neuron left at threshold {threshold}: the pruned model is constant")
+    small = BioMLP([len(k) for k in keep], in_fold=model.in_fold, fix_inputs=model.fix_inputs,
+                   generator=torch.Generator()).to(lins[0].weight)  # its own generator: the caller's RNG is untouched
+    small.act, small.in_perm, small.out_perm = model.act, model.in_perm.clone(), model.out_perm.clone()
+    if model.embedding is not None:
+        small.embedding = nn.Parameter(model.embedding.detach().clone())
+    with torch.no_grad():
+        for l, (new, old) in enumerate(zip(small.linears, lins)):
+            new.weight.copy_(ws[l][keep[l + 1]][:, keep[l]])
+            new.bias.copy_(bs[l][keep[l + 1]])
+            new.in_coords, new.out_coords = old.in_coords[keep[l]], old.out_coords[keep[l + 1]]
+            new.dist = manhattan(new.out_coords, new.in_coords)
+    return small
+
 
 # ----------------------------------------------------------------------------------------------------------
 # Plotting

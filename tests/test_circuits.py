@@ -193,3 +193,46 @@ def test_clear_errors(bad, match):
     with pytest.raises(ValueError, match=match):
         bc.discover_circuit(m, **kw)
 
+
+MLP_KINDS = {
+    "1d": dict(shape=[3, 12, 12, 2]),
+    "folded": dict(shape=[6, 12, 10, 4], in_fold=2),
+    "embedding": dict(shape=[8, 12, 12, 5], in_fold=2, vocab_size=5),
+    "grid_ring": dict(shape=[16, 9, 9, 4], geometry="grid", out_geometry="ring", fix_inputs=True),
+}
+
+
+def mlp_inputs(m, g):
+    if m.embedding is not None:
+        return torch.randint(len(m.embedding), (32, m.in_fold), generator=g)
+    return torch.randn(32, m.shape[0], generator=g)
+
+
+@pytest.mark.parametrize("kind", MLP_KINDS)
+def test_compact_equals_pruned_original(kind):
+    g = torch.Generator().manual_seed(0)
+    m = bc.BioMLP(generator=g, **MLP_KINDS[kind])
+    with torch.no_grad():
+        m.linears[0].weight[:, :1] *= 10  # one strong input: the others' connections fall under the threshold
+        m.linears[1].weight[:2] = 0       # hidden2 neurons 0, 1 read nothing: constants folded forward
+        m.linears[1].bias[:2] = 2.0
+    m.swap("hidden1", 0, 5)
+    x = mlp_inputs(m, g)
+    for threshold in (0.0, 0.3, 0.6):
+        with bc.prune(m, threshold):
+            expected, active = m(x), bc.analyze(m).neurons
+        c = bc.compact(m, threshold)
+        assert torch.allclose(c(x), expected, atol=1e-6)
+        assert (c.shape[0], c.shape[-1]) == (m.shape[0], m.shape[-1])
+        assert bc.analyze(c).neurons <= active  # compact also drops neurons that feed only dead ones
+        assert sum(c.shape[1:-1]) < sum(m.shape[1:-1])  # at least the two constants are gone
+        for new, old in zip(c.linears[1:], m.linears[1:]):  # kept neurons stay where they were
+            assert torch.isin(new.in_coords, old.in_coords).all()
+
+
+def test_compact_rejects_other_models_and_constant_networks():
+    with pytest.raises(TypeError, match="supports BioMLP"):
+        bc.compact(small_transformer(), 0.1)
+    m = set_weights(bc.BioMLP([2, 3, 2]), {(0, 0, 0): 1.0, (1, 1, 2): 1.0})  # no path from input to output
+    with pytest.raises(ValueError, match="constant"):
+        bc.compact(m)

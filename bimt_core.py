@@ -16,8 +16,10 @@ import hashlib
 import io
 import json
 import math
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -1026,6 +1028,184 @@ def intervene(model: nn.Module, weights: dict | None = None, neurons: dict | Non
         restore(model, saved)
 
 
+# Circuits (Nainani 2024, arXiv:2401.03646). Ablating connection i -> j makes its BioLinear read a baseline
+# abar_i instead of a_i for that connection only: z = (W*M) a + (W*(1-M)) abar + b, M the kept connections.
+
+
+def _run(model: nn.Module, graph: Graph, x: torch.Tensor, masks: list | None = None, abar: list | None = None):
+    """model(x) with the connections outside `masks` (per edge an (out, in) bool mask; None: keep all)
+    ablated to `abar`, and per edge the (input (B, ..., in), output (B, ..., out)) of its BioLinear."""
+    seen = [None] * len(graph.edges)
+
+    def hook(k, lin, args, z):
+        if masks is not None and masks[k] is not None:
+            z = z + F.linear(abar[k] - args[0], lin.weight * ~masks[k].to(z.device))
+        seen[k] = (args[0], z)
+        return z
+
+    hooks = [e.linear.register_forward_hook(partial(hook, k)) for k, e in enumerate(graph.edges)
+             if e.linear is not None]
+    try:
+        return model(x), seen
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def _baseline(model: nn.Module, graph: Graph, x: torch.Tensor, baseline: torch.Tensor | None) -> list:
+    """Per edge, what ablated connections read: each BioLinear input's mean over the batch (1, ..., in) if
+    baseline is None (mean ablation), else its value when the model runs on the corrupted batch `baseline`."""
+    if baseline is not None and baseline.shape != x.shape:
+        raise ValueError(f"a corrupted baseline must have the shape of x {tuple(x.shape)}, got {tuple(baseline.shape)}")
+    with torch.no_grad():
+        seen = _run(model, graph, x if baseline is None else baseline)[1]
+    return [None if s is None else s[0].mean(0, keepdim=True) if baseline is None else s[0] for s in seen]
+
+
+def _metric(metric, y: torch.Tensor) -> torch.Tensor:
+    if not (torch.is_tensor(m := metric(y)) and m.dim() == 0):
+        raise ValueError(f"metric(output) must return a scalar tensor (e.g. a mean over the batch), got {m!r:.80}")
+    return m
+
+
+def edge_attribution(model: nn.Module, x: torch.Tensor, metric, baseline: torch.Tensor | None = None,
+                     graph: Graph | None = None) -> list:
+    """Edge attribution patching: per graph edge an (out, in) tensor (None: identity edge) of scores
+    |sum over batch and positions of (a_i - abar_i) W_ji dmetric/dz_j|, the first-order change of the metric
+    when connection i -> j alone is ablated. metric(output) -> scalar tensor, e.g. the mean correct-class
+    log-prob; not one at its optimum (the MSE to the model's own output: every score is 0). baseline: None
+    (mean ablation) or a corrupted batch shaped like x."""
+    graph = graph or network_graph(model)
+    abar = _baseline(model, graph, x, baseline)
+    with torch.enable_grad():
+        y, seen = _run(model, graph, x)
+        ks = [k for k, s in enumerate(seen) if s is not None]
+        grads = torch.autograd.grad(_metric(metric, y), [seen[k][1] for k in ks], materialize_grads=True)
+    scores = [None] * len(graph.edges)
+    for k, g in zip(ks, grads):
+        a, w = seen[k][0], graph.edges[k].linear.weight
+        scores[k] = (w * (g.reshape(-1, len(w)).T @ (a - abar[k]).reshape(-1, w.shape[1]))).detach().abs().cpu()
+    return scores
+
+
+def _faithfulness(model: nn.Module, graph: Graph, x: torch.Tensor, metric, baseline):
+    """masks -> faithfulness on x; the baseline and the full and empty circuits' metrics computed once."""
+    abar = _baseline(model, graph, x, baseline)
+
+    def value(masks):
+        with torch.no_grad():
+            return float(_metric(metric, _run(model, graph, x, masks, abar)[0]))
+
+    full = value(None)
+    empty = value([None if e.linear is None else torch.zeros_like(e.linear.weight, dtype=torch.bool)
+                   for e in graph.edges])
+    if full == empty:
+        raise ValueError(f"the metric is {full:.6g} for the full and the empty circuit alike: nothing to preserve")
+    return lambda masks: (value(masks) - empty) / (full - empty)
+
+
+def circuit_faithfulness(model: nn.Module, masks: list, x: torch.Tensor, metric,
+                         baseline: torch.Tensor | None = None, graph: Graph | None = None) -> float:
+    """(m_circuit - m_empty) / (m_full - m_empty): 1 for the full model, 0 with every connection ablated.
+    masks: per graph edge the (out, in) bool mask of the circuit's connections (None: identity edge)."""
+    return _faithfulness(model, graph or network_graph(model), x, metric, baseline)(masks)
+
+
+@dataclass
+class Circuit:
+    """What `discover_circuit` found: per graph edge the (out, in) bool mask of kept connections (None:
+    identity edge); `edges` lists them as (edge name, out, in) of its BioLinear; total: all connections."""
+    masks: list
+    edges: list
+    total: int
+    faithfulness: float
+    seconds: float
+    method: str
+
+    def __str__(self):
+        return (f"{self.method} circuit: {len(self.edges)}/{self.total} connections, faithfulness "
+                f"{self.faithfulness:.3f}, found in {self.seconds:.3g} s: {_short(self.edges, 6)}")
+
+
+def discover_circuit(model: nn.Module, x: torch.Tensor, metric, target: float = 0.9, method: str = "eap",
+                     baseline: torch.Tensor | None = None, candidates: list | None = None,
+                     graph: Graph | None = None) -> Circuit:
+    """A small circuit with `circuit_faithfulness` >= target. 'eap': the fewest top connections by
+    `edge_attribution`; 'acdc': from all candidates, visiting edges from the output side, drop each connection
+    whose removal keeps the target (a forward pass each). candidates: per edge (out, in) bool masks of what may
+    be kept (default: non-zero weights; `surviving(graph, 0.01)` speeds ACDC up); the rest is always ablated.
+    If all candidates together miss the target, all are returned."""
+    if method not in ("eap", "acdc"):
+        raise ValueError(f"unknown method {method!r}; expected 'eap' or 'acdc'")
+    if not 0 < target <= 1:
+        raise ValueError(f"target faithfulness must lie in (0, 1], got {target!r}")
+    t0, graph = time.perf_counter(), graph or network_graph(model)
+    cand = candidates or [None if e.linear is None else e.linear.weight.detach().cpu() != 0 for e in graph.edges]
+    faith = _faithfulness(model, graph, x, metric, baseline)
+    if method == "eap":
+        scores = edge_attribution(model, x, metric, baseline, graph)
+        flat = torch.cat([torch.where(c, s, -1.0).flatten() for s, c in zip(scores, cand) if c is not None])
+        rank = flat.argsort(descending=True, stable=True).argsort()
+        ranks = iter(rank.split([c.numel() for c in cand if c is not None]))
+        ranks = [None if c is None else next(ranks).view(c.shape) for c in cand]  # non-candidates rank last
+
+        def top(k):
+            return [r if r is None else r < k for r in ranks]
+
+        # Faithfulness grows with k almost monotonically: bisection finds a k reaching the target next to one
+        # missing it (k = 0: faithfulness 0) in log2(n) forward passes, not n; a smaller k after a dip is missed.
+        lo, hi = 0, sum(int(c.sum()) for c in cand if c is not None)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if faith(top(mid)) >= target else (mid, hi)
+        masks = top(hi)
+    else:
+        masks = [None if c is None else c.clone() for c in cand]
+        for m in reversed(masks):  # output side first: edges are listed inputs first
+            for o, i in ([] if m is None else m.nonzero().tolist()):
+                m[o, i] = False
+                m[o, i] = faith(masks) < target  # put it back if the circuit needs it
+    edges = [(e.name, o, i) for e, m in zip(graph.edges, masks) if m is not None for o, i in m.nonzero().tolist()]
+    total = sum(e.linear.weight.numel() for e in graph.edges if e.linear is not None)
+    return Circuit(masks, edges, total, faith(masks), time.perf_counter() - t0, method)
+
+
+def compact(model: BioMLP, threshold: float = 0.0) -> BioMLP:
+    """A smaller BioMLP computing what `model` computes after `prune(model, threshold)` (up to rounding):
+    the pruned weights without the dead hidden neurons, those that read no kept neuron or feed none. One that
+    reads nothing still feeds act(bias) forward: that constant is folded into the next layer's bias (so the
+    result has biases). Inputs, outputs, their order, embedding and kept neurons' coordinates are unchanged."""
+    if not isinstance(model, BioMLP):
+        raise TypeError(f"compact supports BioMLP (embeddings, folds, grids and rings included), not "
+                        f"{type(model).__name__}")
+    lins = model.linears
+    masks = surviving(network_graph(model), threshold)
+    ws = [lin.weight.detach() * m.to(lin.weight.device) for lin, m in zip(lins, masks)]
+    bs = [torch.zeros_like(lin.weight[:, 0]) if lin.bias is None else lin.bias.detach().clone() for lin in lins]
+    keep = [torch.arange(model.shape[0])]
+    for l in range(1, len(lins)):  # forward: fold the neurons that read no kept neuron into the next bias
+        fed = (ws[l - 1][:, keep[-1]] != 0).any(1)
+        bs[l] += ws[l][:, ~fed] @ model.act(bs[l - 1][~fed])
+        keep.append(fed.nonzero().flatten())
+    keep.append(torch.arange(model.shape[-1]))
+    for l in range(len(lins) - 1, 0, -1):  # backward: drop the neurons that feed no kept neuron
+        keep[l] = keep[l][(ws[l][keep[l + 1]][:, keep[l]] != 0).any(0)]
+    if any(len(k) == 0 for k in keep):
+        raise ValueError(f"a hidden layer has no neuron left at threshold {threshold}: the pruned model is constant")
+    small = BioMLP([len(k) for k in keep], in_fold=model.in_fold, fix_inputs=model.fix_inputs,
+                   generator=torch.Generator()).to(lins[0].weight)  # its own generator: the caller's RNG is untouched
+    small.act, small.in_perm, small.out_perm = model.act, model.in_perm.clone(), model.out_perm.clone()
+    if model.embedding is not None:
+        small.embedding = nn.Parameter(model.embedding.detach().clone())
+    with torch.no_grad():
+        for l, (new, old) in enumerate(zip(small.linears, lins)):
+            new.weight.copy_(ws[l][keep[l + 1]][:, keep[l]])
+            new.bias.copy_(bs[l][keep[l + 1]])
+            new.in_coords, new.out_coords = old.in_coords[keep[l]], old.out_coords[keep[l + 1]]
+            new.dist = manhattan(new.out_coords, new.in_coords)
+    return small
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Plotting
 
@@ -1058,13 +1238,14 @@ def _row_points(row: Row, y: int, fold_offset: float) -> torch.Tensor:
 
 def plot_network(model: nn.Module, ax=None, threshold: float = 0.0, graph: Graph | None = None,
                  in_labels=None, out_labels=None, max_lw: float = 2.0, fold_offset: float = 0.3,
-                 neuron_size: float = 12.0):
+                 neuron_size: float = 12.0, masks: list | None = None):
     """Draw a 1D network as in the paper: neurons as dots at (coordinate, row), rows bottom to top, one
     segment per connection with |w| >= threshold * max |w| of its layer, width and alpha proportional to
     |w| / max |w|, blue positive, red negative. Each layer is one LineCollection (fast for 10^5 lines).
 
     in_labels / out_labels: the caller's names of the inputs / outputs in the caller's order; they follow
-    in_perm / out_perm, so a label stays with its neuron after swaps. Returns the axes.
+    in_perm / out_perm, so a label stays with its neuron after swaps. masks: per graph edge an (out, in) bool
+    mask (e.g. `Circuit.masks`): only those connections are drawn (None: the edge as usual). Returns the axes.
     """
     import matplotlib.pyplot as plt
     from matplotlib.collections import LineCollection
@@ -1076,7 +1257,9 @@ def plot_network(model: nn.Module, ax=None, threshold: float = 0.0, graph: Graph
     if ax is None:
         ax = plt.subplots(figsize=(6, 1.4 * len(rows)))[1]
     pts = [_row_points(r, y, fold_offset) for y, r in enumerate(rows)]
-    for segs, rgba, rel in _connections(graph, surviving(graph, threshold), pts):
+    masks = masks or [None] * len(graph.edges)
+    shown = [s if m is None else s & m.cpu() for s, m in zip(surviving(graph, threshold), masks)]
+    for segs, rgba, rel in _connections(graph, shown, pts):
         ax.add_collection(LineCollection(segs, colors=rgba, linewidths=max_lw * rel))
     for r, p in zip(rows, pts):
         ax.scatter(p[:, 0], p[:, 1], s=neuron_size, c="k", zorder=3)

@@ -119,8 +119,11 @@ class BioLinear(nn.Linear):
 
     def _apply(self, fn, recurse=True):
         dtype = self.weight.dtype
+        standard = all(torch.equal(c.cpu(), neuron_coords(n, g, f, dtype)) for c, n, g, f in (
+            (self.in_coords, self.in_features, self.in_geometry, self.in_fold),
+            (self.out_coords, self.out_features, self.out_geometry, self.out_fold)))
         super()._apply(fn, recurse)
-        if self.weight.dtype != dtype:
+        if self.weight.dtype != dtype and standard:  # coordinates of a `compact` model are a subset: cast
             self._place()
         return self
 
@@ -1192,10 +1195,13 @@ def compact(model: BioMLP, threshold: float = 0.0) -> BioMLP:
         keep[l] = keep[l][(ws[l][keep[l + 1]][:, keep[l]] != 0).any(0)]
     if any(len(k) == 0 for k in keep):
         raise ValueError(f"a hidden layer has no neuron left at threshold {threshold}: the pruned model is constant")
-    small = BioMLP([len(k) for k in keep], in_fold=model.in_fold, fix_inputs=model.fix_inputs,
-                   generator=torch.Generator()).to(lins[0].weight)  # its own generator: the caller's RNG is untouched
-    small.act, small.in_perm, small.out_perm = model.act, model.in_perm.clone(), model.out_perm.clone()
-    if model.embedding is not None:
+    vocab = None if model.embedding is None else model.embedding.shape[0]
+    small = BioMLP([len(k) for k in keep], in_fold=model.in_fold, vocab_size=vocab, fix_inputs=model.fix_inputs,
+                   generator=torch.Generator(), dtype=lins[0].weight.dtype).to(lins[0].weight.device)
+    small.act, small.out_perm = model.act, model.out_perm.clone()  # its own generator: the caller's RNG is untouched
+    if model.embedding is None:
+        small.in_perm = model.in_perm.clone()
+    else:
         small.embedding = nn.Parameter(model.embedding.detach().clone())
     with torch.no_grad():
         for l, (new, old) in enumerate(zip(small.linears, lins)):

@@ -53,7 +53,7 @@ def test_irrelevant_path_scores_zero_and_magnitude_disagrees():
 def mean_inputs(model, x):
     """Per linear, its input's mean over the batch in the full model (what mean ablation reads)."""
     with torch.no_grad():
-        return [a.mean(0) for a in model.forward_internal(model.embed(x), return_all=True)[:-1]]
+        return [a.mean(0) for a in model.activations(x)[:-1]]
 
 
 def edited(model, masks, abar):

@@ -7,7 +7,8 @@ Every neuron has a position in space. The loss pays for each connection in propo
 (`connection_cost`), and every few hundred steps neurons of a layer exchange places when that lowers the
 cost (`relocate`); a swap permutes weights, never the function the network computes.
 
-Read top to bottom: geometry -> layers -> models -> cost -> swapping -> analysis -> plotting -> training -> data.
+Read top to bottom: input checks -> geometry -> layers -> models -> cost -> swapping -> analysis -> plotting ->
+training -> data.
 """
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ import hashlib
 import io
 import json
 import math
+import numbers
 import time
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -28,6 +31,56 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+# ----------------------------------------------------------------------------------------------------------
+# Input checks: each public function checks its arguments once, at its boundary, with these
+
+
+def _check(ok, name: str, v, expected: str, exc=ValueError):
+    """v if ok, else exc('{name} must be {expected}, got {v!r}')."""
+    if not ok:
+        raise exc(f"{name} must be {expected}, got {v!r}")
+    return v
+
+
+def _is_int(v, lo=1, hi=math.inf) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and lo <= v < hi  # a bool is no count
+
+
+def _is_real(v, lo=-math.inf, hi=math.inf) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and lo <= v <= hi
+
+
+def _int(name: str, v, lo: int = 1, none: bool = False):
+    return _check(_is_int(v, lo) or (none and v is None), name, v,
+                  ("a positive int" if lo == 1 else f"an int >= {lo}") + (" or None" if none else ""))
+
+
+def _number(name: str, v, lo: float = 0.0, hi: float = math.inf):
+    """A finite number in [lo, hi]; _number(name, v, 0, 1) is a fraction (NaN is never one)."""
+    return _check(_is_real(v, lo, hi), name, v, f"a number in [{lo:g}, {hi:g}]" if hi < math.inf
+                  else f"a finite number >= {lo:g}")
+
+
+def _choice(name: str, v, options):
+    return _check(isinstance(v, (str, type(None))) and v in options, name, v, " or ".join(map(repr, options)))
+
+
+def _flags(**flags):
+    for k, v in flags.items():
+        _check(isinstance(v, (bool, np.bool_)), k, v, "True or False")
+
+
+def _float(name: str, v) -> float:
+    """float(v) for a number or a one-element tensor or array (what a metric returns)."""
+    return float(_check(isinstance(v, numbers.Real) or isinstance(v, np.ndarray) and v.size == 1
+                        or torch.is_tensor(v) and v.numel() == 1, name, v, "a number"))
+
+
+def _dtype(dtype):
+    return _check(dtype is None or isinstance(dtype, torch.dtype) and dtype.is_floating_point, "dtype", dtype,
+                  "a floating-point torch dtype (e.g. torch.float64) or None")
+
 
 # ----------------------------------------------------------------------------------------------------------
 # Geometry
@@ -42,12 +95,10 @@ def neuron_coords(n: int, geometry: str = "line", fold: int = 1, dtype: torch.dt
     - grid: m must be a square s*s; unit k at column k % s, row k // s, cell centres on [0, 1]^2;
     - ring: m units on a circle of radius 1/4 centred at (0.5, 0.5) (the MNIST outputs).
     """
-    if not isinstance(n, int) or n <= 0:
-        raise ValueError(f"layer width must be a positive integer, got {n!r}")
-    if not isinstance(fold, int) or fold <= 0 or n % fold:
-        raise ValueError(f"fold {fold!r} must be a positive integer dividing the layer width {n}")
+    _check(_is_int(n), "layer width", n, "a positive integer")
+    _check(_is_int(fold) and n % fold == 0, "fold", fold, f"a positive integer dividing the layer width {n}")
     m = n // fold
-    k = torch.arange(m, dtype=dtype)  # computed in the model's precision, never cast from a coarser one
+    k = torch.arange(m, dtype=_dtype(dtype) or torch.float32)  # in the model's precision, never cast from a coarser one
     if geometry == "line":
         c = ((2 * k + 1) / (2 * m))[:, None]
     elif geometry == "grid":
@@ -66,8 +117,9 @@ def neuron_coords(n: int, geometry: str = "line", fold: int = 1, dtype: torch.dt
 
 def manhattan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Pairwise Manhattan distances, (n, d) x (m, d) -> (n, m). In 1D it is |dx|."""
-    if a.shape[1] != b.shape[1]:
-        raise ValueError(f"cannot measure distances between {a.shape[1]}D and {b.shape[1]}D coordinates")
+    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"cannot measure distances between coordinates of shapes {tuple(a.shape)} and "
+                         f"{tuple(b.shape)}; expected (n, d) and (m, d) with the same d")
     return (a[:, None, :] - b[None, :, :]).abs().sum(-1)
 
 
@@ -87,8 +139,12 @@ class BioLinear(nn.Linear):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, in_geometry: str = "line",
                  out_geometry: str = "line", in_fold: int = 1, out_fold: int = 1,
                  generator: torch.Generator | None = None, dtype: torch.dtype | None = None):
+        _check(_is_int(in_features) and _is_int(out_features), "BioLinear's widths", (in_features, out_features),
+               "positive ints")
+        _check(generator is None or isinstance(generator, torch.Generator), "generator", generator,
+               "a torch.Generator or None", TypeError)
         self._generator = generator  # read by reset_parameters, which nn.Linear.__init__ calls
-        super().__init__(in_features, out_features, bias=bias, dtype=dtype)
+        super().__init__(in_features, out_features, bias=bias, dtype=_dtype(dtype))
         del self._generator
         self.in_fold, self.out_fold = in_fold, out_fold
         self.in_geometry, self.out_geometry = in_geometry, out_geometry
@@ -115,7 +171,13 @@ class BioLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"BioLinear expects inputs of width {self.in_features}, got shape {tuple(x.shape)}")
-        return super().forward(x)
+        try:  # free unless it raises; a dtype check here would refuse what autocast allows
+            return super().forward(x)
+        except RuntimeError:
+            if x.dtype == self.weight.dtype:
+                raise
+            raise ValueError(f"BioLinear expects {self.weight.dtype} inputs like its weights, got {x.dtype}; "
+                             f"convert them with .to({self.weight.dtype})") from None
 
     def _apply(self, fn, recurse=True):
         dtype = self.weight.dtype
@@ -154,7 +216,21 @@ class NeuronLayer:
     members: list = field(default_factory=list)
     fixed: bool = False
 
+    def __post_init__(self):
+        _int(f"neuron layer {self.name!r}: n_units", self.n_units)
+
     def add(self, module: nn.Module, attr: str, dim: int, index: torch.Tensor, role: str | None = None):
+        """Checked here, where a custom model makes its mistakes, rather than deep inside a swap."""
+        t, index, where = getattr(module, attr, None), torch.as_tensor(index), f"{self.name!r}: {type(module).__name__}"
+        _check(torch.is_tensor(t) and _is_int(dim, 0, t.dim()), f"neuron layer {where}.{attr}: dim", dim,
+               "a dim of a tensor attribute")
+        n = t.shape[dim]
+        _check(index.dtype == torch.long and index.dim() == 2 and index.shape[1] == self.n_units and (
+            not index.numel() or 0 <= index.min() <= index.max() < n), f"neuron layer {where}.{attr}: index",
+            f"{index.dtype} {tuple(index.shape)}", f"a long (copies, {self.n_units}) tensor of positions in [0, {n})")
+        _check(role in (None, "embedding") or role in ("incoming", "outgoing") and isinstance(module, BioLinear)
+               and attr == "weight" and dim == (role == "outgoing"), f"neuron layer {where}.{attr}: role", role,
+               "None, 'embedding', or 'incoming' / 'outgoing' for a BioLinear's weight along dim 0 / 1")
         self.members.append(Member(module, attr, dim, index, role))
 
     def incoming(self, lin: "BioLinear", index: torch.Tensor):
@@ -170,6 +246,7 @@ class NeuronLayer:
 
 def fold_index(n: int, fold: int) -> torch.Tensor:
     """(fold, n // fold) index: unit u of a folded layer owns positions u, u + n/f, u + 2n/f, ..."""
+    _check(_is_int(n) and _is_int(fold) and n % fold == 0, "fold", fold, f"a positive int dividing {n!r}")
     return torch.arange(n).view(fold, n // fold)
 
 
@@ -201,9 +278,16 @@ class Row:
     unit: torch.Tensor | None = None
 
     def __post_init__(self):
-        self.coords = self.coords.detach().cpu()
-        n = len(self.coords)
+        where = f"row {self.name!r}: "
+        _choice(where + "kind", self.kind, ("input", "hidden", "output"))
+        _check(torch.is_tensor(self.coords) and self.coords.dim() == 2 and len(self.coords), where + "coords",
+               getattr(self.coords, "shape", self.coords), "an (n, d) tensor with n >= 1")
+        self.coords, n = self.coords.detach().cpu(), len(self.coords)
+        _check(_is_int(self.fold) and n % self.fold == 0, where + "fold", self.fold, f"a positive int dividing {n}")
         self.unit = torch.arange(n) % (n // self.fold) if self.unit is None else self.unit.cpu()
+        _check(self.unit.shape == (n,), where + "unit", tuple(self.unit.shape), f"one unit per position, ({n},)")
+        _check(self.kind == "hidden" or torch.is_tensor(self.caller) and self.caller.shape == (n,), where + "caller",
+               self.caller, f"the caller's index at each of its {n} positions (input and output rows)")
         if self.caller is not None:
             self.caller = self.caller.cpu()
 
@@ -216,14 +300,33 @@ class Graph:
     edges: list
 
     def __post_init__(self):
-        self.edges = [Edge(*e) for e in self.edges]
+        """Checks what analysis and drawing rely on, naming the row or edge at fault (a custom graph())."""
+        self.edges, rows = [Edge(*e) for e in self.edges], self.rows
+        kinds, n = [r.kind for r in rows], [len(r.unit) for r in rows]
+        _check(kinds.count("input") == 1 and "output" in kinds, "a graph's row kinds", kinds,
+               "one 'input' row and at least one 'output' row")
+        for i, (name, lin, s, d, cols) in enumerate(self.edges):
+            where = f"edge {i} ({name!r}): "
+            _check(_is_int(d, 0, len(rows)) and _is_int(s, 0, d), where + "(src, dst)", (s, d),
+                   f"row indices, src < dst < {len(rows)} (rows run bottom to top)")
+            _check(lin is None or isinstance(lin, BioLinear), where + "linear", type(lin).__name__,
+                   "a BioLinear, or None for an identity", TypeError)
+            _check(cols is None or torch.is_tensor(cols) and len(cols) and 0 <= cols.min() <= cols.max() < n[s],
+                   where + "cols", cols, f"None or a tensor of positions in [0, {n[s]})")
+            want, got = (n[s] if cols is None else len(cols), n[d]), (n[d], n[d]) if lin is None else (
+                lin.in_features, lin.out_features)
+            _check(got == want, where + "(inputs, outputs)", got,
+                   f"{want}: the widths of rows {rows[s].name!r} (or of cols) and {rows[d].name!r}")
+            _check(all(e.dst != s for e in self.edges[i + 1:]), where + "its source row", rows[s].name,
+                   "written by no later edge (list edges so that every row is written before it is read)")
 
-    def index(self, name: str) -> int:
-        """The index of the first row called `name`."""
+    def index(self, row) -> int:
+        """The index of `row`: a row index, or a name (the first row so called)."""
         names = [r.name for r in self.rows]
-        if name not in names:
-            raise ValueError(f"no row named {name!r}; rows are {names}")
-        return names.index(name)
+        if _is_int(row, 0, len(names)):
+            return int(row)
+        _check(row in names, "row", row, f"a name among {names} or an index in [0, {len(names)})")
+        return names.index(row)
 
     def upto(self, name: str) -> "Graph":
         """The network below and including row `name`, which becomes the output row (its positions are
@@ -250,15 +353,15 @@ class SwappableModel(nn.Module):
     - neuron_layers(): the swappable layers, input first, and every tensor slice each unit owns (what a
       swap moves and what the connection cost of a placement reads);
     - graph(): the rows of neurons and the BioLinears between them (what analysis and drawing walk).
-    Both are built on demand from the current tensors. BioMLP and BioTransformer are the examples."""
+    Both are built on demand from the current tensors. A subclass with embed(x) (caller inputs -> input-row
+    activations in position order), forward_internal(h, record) (position order in and out; appends every
+    row's activations to record) and an out_perm buffer gets forward() and activations(). BioMLP and
+    BioTransformer are the examples; tests/test_custom_model.py shows a third."""
 
-    def neuron_layers(self) -> list[NeuronLayer]:
-        raise NotImplementedError(f"{type(self).__name__} must implement neuron_layers(): the swappable "
-                                  f"layers and the tensor slices each unit owns (see BioMLP.neuron_layers)")
-
-    def graph(self) -> "Graph":
-        raise NotImplementedError(f"{type(self).__name__} must implement graph(): its rows of neurons and the "
-                                  f"BioLinears between them (see BioMLP.graph)")
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # index_select, not [..., perm]: on CPU the backward of advanced indexing is an accumulating
+        # index_put that cost more than the whole MLP (about 4 of 9 ms per modular-addition step).
+        return self.forward_internal(self.embed(x)).index_select(-1, torch.argsort(self.out_perm))
 
     def activations(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The activations of every row of `graph()` for caller inputs x, in internal (position) order
@@ -290,14 +393,14 @@ class BioMLP(SwappableModel):
                  vocab_size: int | None = None, activation: str = "silu", fix_inputs: bool = False,
                  bias: bool = True, generator: torch.Generator | None = None, dtype: torch.dtype | None = None):
         super().__init__()
-        shape = [int(w) for w in shape]
-        if len(shape) < 2:
-            raise ValueError(f"shape needs at least an input and an output width, got {shape}")
-        if any(w <= 0 for w in shape):
-            raise ValueError(f"layer widths must be positive, got {shape}")
-        self.shape = shape
+        _check(isinstance(shape, (list, tuple)) and len(shape) >= 2, "shape", shape,
+               "a list of layer widths, at least an input and an output")
+        _check(all(map(_is_int, shape)), "shape", shape, "a list of positive int layer widths")
+        _check(vocab_size is None or _is_int(vocab_size), "vocab_size", vocab_size, "a positive int or None")
+        self.shape = [int(w) for w in shape]
         self.act = _activation(activation)
         self.fix_inputs = fix_inputs
+        _flags(fix_inputs=fix_inputs, bias=bias)
         geos = [geometry] * (len(shape) - 1) + [out_geometry or geometry]
         dims = {"line": 1, "grid": 2, "ring": 2}
         if geos[0] in dims and geos[-1] in dims and dims[geos[0]] != dims[geos[-1]]:
@@ -322,6 +425,7 @@ class BioMLP(SwappableModel):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """(B, n0) features, or (B, in_fold) tokens -> (B, n0) input-layer activations."""
+        _check(torch.is_tensor(x), "inputs", type(x).__name__, "a torch.Tensor", TypeError)
         if self.embedding is None:
             if x.dim() != 2 or x.shape[1] != self.shape[0]:
                 raise ValueError(f"BioMLP expects inputs of shape (batch, {self.shape[0]}), got {tuple(x.shape)}")
@@ -333,11 +437,6 @@ class BioMLP(SwappableModel):
         if x.numel() and (x.min() < 0 or x.max() >= vocab):
             raise ValueError(f"tokens must lie in [0, {vocab}), got values in [{x.min()}, {x.max()}]")
         return self.embedding[x].flatten(1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # index_select, not [:, perm]: on CPU the backward of advanced indexing is an accumulating
-        # index_put that cost more than the whole MLP (about 4 of 9 ms per modular-addition step).
-        return self.forward_internal(self.embed(x)).index_select(1, torch.argsort(self.out_perm))
 
     def forward_internal(self, h: torch.Tensor, record: list | None = None) -> torch.Tensor:
         """Input-layer activations (B, n0) -> output-layer activations (B, nL), both in internal (position)
@@ -381,9 +480,9 @@ class BioMLP(SwappableModel):
         if self.embedding is None:
             inp = Row("input", first.in_coords, "input", first.in_fold, caller=self.in_perm,
                       unit=torch.arange(self.shape[0]))
-        else:
-            inp = Row("input", first.in_coords, "input", first.in_fold)
-            inp.caller = inp.unit
+        else:  # the caller's input p is embedding dim p: its fold copies are one unit
+            inp = Row("input", first.in_coords, "input", first.in_fold,
+                      caller=torch.arange(self.shape[0]) % (self.shape[0] // first.in_fold))
         rows = [inp] + [Row(f"hidden{i}", lins[i].in_coords) for i in range(1, n)]
         rows.append(Row("output", lins[-1].out_coords, "output", caller=self.out_perm))
         return Graph(rows, [(f"linears.{i}", lin, i, i + 1) for i, lin in enumerate(lins)])
@@ -450,11 +549,10 @@ class BioTransformer(SwappableModel):
                  d_mlp: int = 128, layer_norm: bool = False, bias: bool = True, activation: str = "gelu",
                  generator: torch.Generator | None = None, dtype: torch.dtype | None = None):
         super().__init__()
-        dims = dict(in_dim=in_dim, out_dim=out_dim, d_model=d_model, n_blocks=n_blocks, n_heads=n_heads,
-                    d_mlp=d_mlp)
-        for k, v in dims.items():
-            if not isinstance(v, int) or v <= 0:
-                raise ValueError(f"{k} must be a positive integer, got {v!r}")
+        for k, v in dict(in_dim=in_dim, out_dim=out_dim, d_model=d_model, n_blocks=n_blocks, n_heads=n_heads,
+                         d_mlp=d_mlp).items():
+            _int(k, v)
+        _flags(layer_norm=layer_norm, bias=bias)
         if d_model % n_heads:
             raise ValueError(f"d_model {d_model} is not divisible by n_heads {n_heads}")
         self.in_dim, self.out_dim, self.d_model = in_dim, out_dim, d_model
@@ -469,13 +567,11 @@ class BioTransformer(SwappableModel):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, in_dim) caller features -> the same in internal (position) order."""
+        _check(torch.is_tensor(x), "inputs", type(x).__name__, "a torch.Tensor", TypeError)
         if x.dim() != 3 or x.shape[-1] != self.in_dim:
             raise ValueError(f"BioTransformer expects inputs of shape (batch, seq, {self.in_dim}), "
                              f"got {tuple(x.shape)}")
         return x.index_select(-1, self.in_perm)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_internal(self.embed(x)).index_select(-1, torch.argsort(self.out_perm))
 
     def forward_internal(self, x: torch.Tensor, record: list | None = None) -> torch.Tensor:
         """(B, T, in_dim) -> (B, T, out_dim), both in internal (position) order. record: a list that receives
@@ -566,18 +662,15 @@ class BioTransformer(SwappableModel):
 
 
 def _linears(model: nn.Module) -> list[BioLinear]:
+    _check(isinstance(model, nn.Module), "model", type(model).__name__, "an nn.Module", TypeError)
     lins = [m for m in model.modules() if isinstance(m, BioLinear)]
     if not lins:
         raise ValueError(f"{type(model).__name__} has no BioLinear layers to pay a connection cost for")
     return lins
 
 
-def _agg_scale(t: torch.Tensor, agg: str) -> float:
-    if agg == "sum":
-        return 1.0
-    if agg == "mean":
-        return 1.0 / t.numel()
-    raise ValueError(f"agg must be 'sum' or 'mean', got {agg!r}")
+def _cost_args(weight_factor, l0, agg, **flags):
+    _number("weight_factor", weight_factor), _number("l0", l0), _choice("agg", agg, ("sum", "mean")), _flags(**flags)
 
 
 def cost_terms(model: nn.Module, weight_factor: float = 1.0, l0: float = 0.1, agg: str = "sum",
@@ -586,16 +679,18 @@ def cost_terms(model: nn.Module, weight_factor: float = 1.0, l0: float = 0.1, ag
     """The connection cost as terms (tensor, coef, factor), each worth factor * sum(|tensor| * coef)
     (coef None: 1). A BioLinear weight W_ij has coef A * d_ij + l0. Computed once per training phase and
     reused at every step: the coefficients only depend on positions, which never move."""
-    lins = _linears(model)
-    terms = []
+    _cost_args(weight_factor, l0, agg, bias_penalty=bias_penalty, embedding_penalty=embedding_penalty,
+               last_layer_l0_only=last_layer_l0_only)
+    lins, terms = _linears(model), []
+    scale = (lambda t: 1.0) if agg == "sum" else (lambda t: 1.0 / t.numel())
     for i, lin in enumerate(lins):
         a = 0.0 if (last_layer_l0_only and i == len(lins) - 1) else weight_factor
-        terms.append((lin.weight, a * lin.dist + l0, _agg_scale(lin.weight, agg)))
+        terms.append((lin.weight, a * lin.dist + l0, scale(lin.weight)))
         if bias_penalty and lin.bias is not None:
-            terms.append((lin.bias, None, _agg_scale(lin.bias, agg) * l0))
+            terms.append((lin.bias, None, scale(lin.bias) * l0))
     emb = getattr(model, "embedding", None)
     if embedding_penalty and emb is not None:
-        terms.append((emb, None, _agg_scale(emb, agg) * l0))
+        terms.append((emb, None, scale(emb) * l0))
     return terms
 
 
@@ -606,6 +701,8 @@ def sum_terms(terms: list) -> torch.Tensor:
         c = t.abs().sum() if coef is None else (t.abs() * coef).sum()
         c = c if factor == 1.0 else factor * c
         cost = c if cost is None else cost + c
+    if cost is None:
+        raise ValueError("sum_terms needs the non-empty list of terms of cost_terms, got none")
     return cost
 
 
@@ -629,8 +726,15 @@ def connection_cost(model: nn.Module, weight_factor: float = 1.0, l0: float = 0.
 def _neuron_layers(model: nn.Module) -> list[NeuronLayer]:
     if not callable(getattr(model, "neuron_layers", None)):
         raise TypeError(f"{type(model).__name__} cannot be swapped: it needs a neuron_layers() method listing "
-                        f"its swappable layers (subclass bc.SwappableModel; see BioMLP.neuron_layers)")
-    return model.neuron_layers()
+                        f"its swappable layers (see bc.SwappableModel and BioMLP.neuron_layers)")
+    layers = model.neuron_layers()
+    return _check(isinstance(layers, list) and all(isinstance(nl, NeuronLayer) for nl in layers),
+                  f"{type(model).__name__}.neuron_layers()", layers, "a list of NeuronLayers", TypeError)
+
+
+def _optimizer(optimizer):
+    return _check(optimizer is None or isinstance(optimizer, torch.optim.Optimizer), "optimizer", optimizer,
+                  "a torch.optim.Optimizer or None", TypeError)
 
 
 def _get_layer(model: nn.Module, layer) -> NeuronLayer:
@@ -642,9 +746,8 @@ def _get_layer(model: nn.Module, layer) -> NeuronLayer:
             if nl.name == layer:
                 return nl
         raise ValueError(f"no neuron layer named {layer!r}; layers are {[nl.name for nl in layers]}")
-    if isinstance(layer, bool) or not isinstance(layer, int) or not -len(layers) <= layer < len(layers):
-        raise ValueError(f"layer must be a name or an index in [0, {len(layers)}), got {layer!r}")
-    return layers[layer]
+    return layers[_check(_is_int(layer, -len(layers), len(layers)), "layer", layer,
+                         f"a name or an index in [0, {len(layers)})")]
 
 
 def _with_state(t: torch.Tensor, optimizer: torch.optim.Optimizer | None) -> list[torch.Tensor]:
@@ -659,12 +762,12 @@ def permute_units(model: nn.Module, layer, perm: torch.Tensor,
     perm[p]. Moves every member tensor, and with an optimizer its per-parameter state (e.g. Adam's moments)
     too, so that training goes on as if nothing had moved (without one, the moments stay at their
     positions, as in the authors' code). One gather per tensor, whatever the number of swaps."""
-    nl = _get_layer(model, layer)
+    nl, optimizer = _get_layer(model, layer), _optimizer(optimizer)
     if nl.fixed:
         raise ValueError(f"neuron layer {nl.name!r} is fixed (fix_inputs=True); its neurons cannot be swapped")
     perm = torch.as_tensor(perm)
-    if perm.dtype != torch.long or not torch.equal(perm.sort().values, torch.arange(nl.n_units)):
-        raise ValueError(f"perm must be an integer permutation of range({nl.n_units}) for layer {nl.name!r}")
+    _check(perm.dtype == torch.long and torch.equal(perm.sort().values, torch.arange(nl.n_units)), "perm",
+           perm.tolist(), f"an integer permutation of range({nl.n_units}) for layer {nl.name!r}")
     for m in nl.members:
         t = getattr(m.module, m.attr)
         full = torch.arange(t.shape[m.dim])
@@ -680,8 +783,7 @@ def swap_units(model: nn.Module, layer, j: int, k: int,
     """Exchange units j and k of `layer` (index, name or NeuronLayer): `permute_units` with a transposition."""
     nl = _get_layer(model, layer)
     for u in (j, k):
-        if isinstance(u, bool) or not isinstance(u, int) or not 0 <= u < nl.n_units:
-            raise ValueError(f"unit index must be an int in [0, {nl.n_units}) for layer {nl.name!r}, got {u!r}")
+        _check(_is_int(u, 0, nl.n_units), "unit index", u, f"an int in [0, {nl.n_units}) for layer {nl.name!r}")
     perm = torch.arange(nl.n_units)
     perm[[j, k]] = perm[[k, j]]
     permute_units(model, nl, perm, optimizer)
@@ -740,18 +842,15 @@ def relocate(model: nn.Module, top_k: int, optimizer: torch.optim.Optimizer | No
     optimizer: its per-parameter state moves with the units (None: it stays at its positions).
     cost_kwargs: those of `connection_cost` (biases and embeddings do not depend on position).
     """
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
-        raise ValueError(f"top_k must be a non-negative int (units tried per layer), got {top_k!r}")
-    if follow not in ("neurons", "positions"):
-        raise ValueError(f"follow must be 'neurons' or 'positions', got {follow!r}")
-    terms = cost_terms(model, **cost_kwargs)
+    _int("top_k (units tried per layer)", top_k, 0), _choice("follow", follow, ("neurons", "positions"))
+    optimizer, layers, terms = _optimizer(optimizer), _neuron_layers(model), cost_terms(model, **cost_kwargs)
     with torch.no_grad():
         total = float(sum_terms(terms))
     if not math.isfinite(total):
         raise FloatingPointError(f"the connection cost is {total}: a weight is not finite, so no swap can be judged")
     coefs = {t: (coef, factor) for t, coef, factor in terms if coef is not None}
     swaps = 0
-    for nl in _neuron_layers(model):
+    for nl in layers:
         if nl.fixed or nl.n_units < 2:
             continue
         # The greedy pass runs on P alone (numpy: these are ~100-element vectors); the model is permuted
@@ -779,22 +878,25 @@ def relocate(model: nn.Module, top_k: int, optimizer: torch.optim.Optimizer | No
 # Analysis
 
 
-def network_graph(model: nn.Module) -> Graph:
-    """model.graph(), with a clear error for a model that does not describe itself."""
-    if not callable(getattr(model, "graph", None)):
-        raise TypeError(f"{type(model).__name__} cannot be analysed or drawn: it needs a graph() method "
-                        f"describing its rows of neurons and the BioLinears between them (subclass "
-                        f"bc.SwappableModel; see BioMLP.graph), or pass graph=")
-    return model.graph()
+def network_graph(model: nn.Module, graph: Graph | None = None) -> Graph:
+    """graph if given, else model.graph(), with a clear error for a model that does not describe itself."""
+    if graph is None:
+        if not callable(getattr(model, "graph", None)):
+            raise TypeError(f"{type(model).__name__} cannot be analysed or drawn: it needs a graph() method "
+                            f"describing its rows of neurons and the BioLinears between them (see "
+                            f"bc.SwappableModel and BioMLP.graph), or pass graph=")
+        graph = model.graph()
+    _check(isinstance(graph, Graph), "graph", type(graph).__name__, "a bc.Graph (see BioMLP.graph)", TypeError)
+    return graph
 
 
 def surviving(graph: Graph, threshold: float = 0.0) -> list[torch.Tensor]:
     """Per edge, the (out, in) bool mask of connections with w != 0 and |w| >= threshold * max |w| of
     that layer (threshold is relative: 0 keeps every non-zero weight, 1 only the strongest)."""
-    width = {e.dst: e.linear.out_features for e in graph.edges if e.linear is not None}
+    _number("threshold", threshold, 0, 1)
     masks = []
-    for _, lin, s, _, _ in graph.edges:
-        w = torch.eye(width[s]) if lin is None else lin.weight.detach().abs().cpu()
+    for _, lin, _, d, _ in graph.edges:
+        w = torch.eye(len(graph.rows[d].unit)) if lin is None else lin.weight.detach().abs().cpu()
         masks.append((w > 0) & (w >= threshold * w.max()))
     return masks
 
@@ -915,7 +1017,7 @@ class NetworkReport:
 def analyze(model: nn.Module, threshold: float = 0.0, graph: Graph | None = None) -> NetworkReport:
     """Active connections and neurons, wiring length, reachability and modules of the connections that
     survive a relative threshold (without changing the weights)."""
-    graph = graph or network_graph(model)
+    graph = network_graph(model, graph)
     masks = surviving(graph, threshold)
     active = active_neurons(graph, masks)
     reach = reach_matrices(graph, masks)
@@ -968,7 +1070,7 @@ def _param_names(model: nn.Module) -> dict:
 
 def prune(model: nn.Module, threshold: float, graph: Graph | None = None) -> Pruned:
     """Zero every weight with |w| < threshold * (its layer's max |w|); `restore(model, record)` undoes it."""
-    graph = graph or network_graph(model)
+    graph = network_graph(model, graph)
     names, saved = _param_names(model), {}
     masks = surviving(graph, threshold)
     with torch.no_grad():
@@ -981,9 +1083,14 @@ def prune(model: nn.Module, threshold: float, graph: Graph | None = None) -> Pru
 
 def restore(model: nn.Module, record) -> None:
     """Put back the tensors saved in a `Pruned` record (or a {parameter name: tensor} dict)."""
-    params = dict(model.named_parameters())
+    params, saved = dict(model.named_parameters()), getattr(record, "saved", record)
+    _check(isinstance(saved, dict), "record", type(record).__name__, "a Pruned record or a {name: tensor} dict",
+           TypeError)
+    bad = {k: getattr(t, "shape", t) for k, t in saved.items()
+           if getattr(params.get(k), "shape", 0) != getattr(t, "shape", 1)}
+    _check(not bad, f"the saved tensors of {type(model).__name__}", bad, "its parameters, by name and shape")
     with torch.no_grad():
-        for name, t in getattr(record, "saved", record).items():
+        for name, t in saved.items():
             params[name].copy_(t)
 
 
@@ -1000,20 +1107,34 @@ def intervene(model: nn.Module, weights: dict | None = None, neurons: dict | Non
                     of a folded input row name units: all copies are set.
     embedding_dims: columns of model.embedding set to `value` for every token.
     """
-    graph = graph or network_graph(model)
+    graph = network_graph(model, graph)
     rows, names, saved, hooks = graph.rows, _param_names(model), {}, []
+    _check(isinstance(value, numbers.Real) and not isinstance(value, bool), "value", value, "a number")
+    learned = {i: e.name for i, e in enumerate(graph.edges) if e.linear is not None}
+
+    def put(t, where, what):  # t[where] = value, saving t first
+        saved.setdefault(names[id(t)], t.detach().clone())
+        try:
+            t[where] = value
+        except (IndexError, RuntimeError, TypeError) as err:
+            raise ValueError(f"{what} does not fit the {tuple(t.shape)} tensor it indexes ({err})") from None
+
     try:
         with torch.no_grad():
             for e, where in (weights or {}).items():
-                w = graph.edges[e].linear.weight
-                saved[names[id(w)]] = w.detach().clone()
-                w[where] = value
+                _check(_is_int(e, 0) and e in learned, "a key of weights", e,
+                       f"the index of an edge with a BioLinear, one of {learned}")
+                put(graph.edges[e].linear.weight, where, f"weights[{e}] (edge {learned[e]!r})")
             if embedding_dims is not None:
-                saved[names[id(model.embedding)]] = model.embedding.detach().clone()
-                model.embedding[:, embedding_dims] = value
+                _check(getattr(model, "embedding", None) is not None, "embedding_dims", embedding_dims,
+                       f"None: {type(model).__name__} has no token embedding")
+                put(model.embedding, (slice(None), embedding_dims), f"embedding_dims {embedding_dims!r}")
         for row, pos in (neurons or {}).items():
-            r = graph.index(row) if isinstance(row, str) else row
-            hit = torch.isin(rows[r].unit, torch.as_tensor(pos))
+            r, pos = graph.index(row), torch.as_tensor(pos)
+            n = int(rows[r].unit.max()) + 1
+            _check(not pos.numel() or pos.dtype == torch.long and 0 <= pos.min() <= pos.max() < n,
+                   f"neurons[{row!r}]", pos.tolist(), f"positions in [0, {n})")
+            hit = torch.isin(rows[r].unit, pos)
             for e in filter(lambda e: e.linear is not None, graph.edges):
                 lin = e.linear
                 if e.src == r:
@@ -1235,6 +1356,15 @@ def _connections(graph: Graph, masks: list, points: list):
         yield segs.numpy(), rgba.numpy(), rel.numpy()
 
 
+def _check_labels(graph: Graph, **labels):
+    """in_labels and image must hold one entry per caller input, out_labels one per caller output."""
+    for name, v in labels.items():
+        kind = "output" if name == "out_labels" else "input"
+        n = max(int(r.caller.max()) + 1 for r in graph.rows if r.kind == kind)
+        got = v if v is None else torch.as_tensor(v).numel() if name == "image" else len(v)
+        _check(got in (None, n), f"the length of {name}", got, f"{n}, one entry per {kind} of the model")
+
+
 def _row_points(row: Row, y: int, fold_offset: float) -> torch.Tensor:
     """(n, 2) drawing positions of a 1D row: x = coordinate, y = row index; the copies of a folded row are
     stacked below copy 0, the last one fold_offset lower (operand embeddings as in the paper's Fig 5)."""
@@ -1256,8 +1386,9 @@ def plot_network(model: nn.Module, ax=None, threshold: float = 0.0, graph: Graph
     import matplotlib.pyplot as plt
     from matplotlib.collections import LineCollection
 
-    graph = graph or network_graph(model)
+    graph = network_graph(model, graph)
     rows = graph.rows
+    _check_labels(graph, in_labels=in_labels, out_labels=out_labels)
     if any(r.coords.shape[1] != 1 for r in rows):
         raise ValueError("plot_network draws 1D ('line') networks; use plot_network_3d for 2D ones")
     if ax is None:
@@ -1295,8 +1426,9 @@ def plot_network_3d(model: nn.Module, ax=None, threshold: float = 0.0, graph: Gr
     import matplotlib.pyplot as plt
     from mpl_toolkits.mplot3d.art3d import Line3DCollection
 
-    graph = graph or network_graph(model)
+    graph = network_graph(model, graph)
     rows = graph.rows
+    _check_labels(graph, image=image, out_labels=out_labels)
     if ax is None:
         ax = plt.figure(figsize=(7, 7)).add_subplot(projection="3d")
     pts = []
@@ -1333,9 +1465,15 @@ def snapshot_recorder(snapshots: list):
     return record
 
 
+def _snapshot(snap):
+    _check(isinstance(snap, (tuple, list)) and len(snap) == 2 and isinstance(snap[1], dict), "a snapshot",
+           type(snap).__name__, "a (step, state_dict) pair, as snapshot_recorder records")
+    return snap
+
+
 def draw_snapshot(model: nn.Module, snapshot: tuple, ax=None, draw=None, **draw_kw):
     """Load a recorded (step, state_dict) into `model` (overwriting its weights) and draw it."""
-    step, state = snapshot
+    step, state = _snapshot(snapshot)
     model.load_state_dict(state)
     ax = (draw or plot_network)(model, ax=ax, **draw_kw)
     ax.set_title(f"step {step}")
@@ -1352,6 +1490,10 @@ def save_gif(model: nn.Module, snapshots: list, path: str = "figures/training.gi
     import matplotlib.pyplot as plt
     from matplotlib.animation import PillowWriter
 
+    _check(isinstance(snapshots, (list, tuple)) and len(snapshots) > 0, "snapshots", snapshots if isinstance(
+        snapshots, (list, tuple)) else type(snapshots).__name__, "a non-empty list of snapshot_recorder's snapshots")
+    _int("fps", fps), list(map(_snapshot, snapshots))
+    _check(str(path).endswith(".gif"), "path", path, "a file name ending in .gif")
     draw, m = draw or plot_network, copy.deepcopy(model)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig = plt.figure(figsize=figsize)
@@ -1375,7 +1517,7 @@ def threshold_view(model: nn.Module, threshold: float, metric_fn=None, ax=None, 
     return the report with its metric. The threshold slider's work."""
     with prune(model, threshold, graph):
         report = analyze(model, threshold, graph)
-        report.metric = None if metric_fn is None else float(metric_fn(model))
+        report.metric = None if metric_fn is None else _float("metric_fn(model)", metric_fn(model))
         (draw or plot_network)(model, ax=ax, threshold=threshold, graph=graph, **draw_kw)
     return report
 
@@ -1412,6 +1554,7 @@ def threshold_explorer(model: nn.Module, metric_fn=None, graph: Graph | None = N
     """An ipywidgets slider over the pruning threshold: re-draws the pruned network and shows its report."""
     import ipywidgets as widgets
 
+    _check(_is_real(max_threshold, 0, 1) and max_threshold > 0, "max_threshold", max_threshold, "a number in (0, 1]")
     slider = widgets.FloatSlider(value=0.0, min=0.0, max=max_threshold, step=max_threshold / 100,
                                  description="threshold", continuous_update=False, readout_format=".2f")
     return _slider_view(slider, lambda t, fig: threshold_view(model, t, metric_fn, _new_axes(fig, draw), graph,
@@ -1469,35 +1612,23 @@ class BIMTConfig:
     relocate_follow: str = "neurons"
 
     def __post_init__(self):
-        def need(ok, what):
-            if not ok:
-                raise ValueError(f"{type(self).__name__}: {what}")
-
-        def count(v, low=1):
-            return isinstance(v, int) and not isinstance(v, bool) and v >= low
-
-        need(count(self.steps), f"steps must be a positive int, got {self.steps!r}")
-        for name in ("lr", "lam", "weight_factor", "l0"):
-            v = getattr(self, name)
-            need(isinstance(v, (int, float)) and math.isfinite(v) and (v > 0 if name == "lr" else v >= 0),
-                 f"{name} must be a finite number {'> 0' if name == 'lr' else '>= 0'}, got {v!r}")
-        need(all(isinstance(p, (tuple, list)) and len(p) == 2 and 0 <= p[0] <= 1 for p in self.lam_schedule),
-             f"lam_schedule must be (fraction in [0, 1], multiplier) pairs, got {self.lam_schedule!r}")
-        need(self.agg in ("sum", "mean"), f"agg must be 'sum' or 'mean', got {self.agg!r}")
-        need(self.bias_penalty_from is None or 0 <= self.bias_penalty_from <= 1,
-             f"bias_penalty_from must be a fraction in [0, 1] or None, got {self.bias_penalty_from!r}")
-        need(count(self.swap_every), f"swap_every must be a positive int, got {self.swap_every!r}")
-        need(count(self.top_k, 0), f"top_k must be an int >= 0, got {self.top_k!r}")
-        need(self.batch_size is None or count(self.batch_size),
-             f"batch_size must be a positive int or None (full batch), got {self.batch_size!r}")
-        need(count(self.eval_every), f"eval_every must be a positive int, got {self.eval_every!r}")
-        need(self.threads is None or count(self.threads), f"threads must be a positive int or None, got {self.threads!r}")
-        need(self.dtype in ("float32", "float64"), f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
-        need(self.relocate_follow in ("neurons", "positions"),
-             f"relocate_follow must be 'neurons' or 'positions', got {self.relocate_follow!r}")
+        for name in ("steps", "swap_every", "eval_every"):
+            _int(name, getattr(self, name))
+        _int("top_k", self.top_k, 0), _int("seed", self.seed, 0)
+        _int("batch_size", self.batch_size, none=True), _int("threads", self.threads, none=True)
+        _check(_is_real(self.lr) and self.lr > 0, "lr", self.lr, "a finite number > 0"), _number("lam", self.lam)
+        _check(isinstance(self.lam_schedule, (tuple, list)) and all(isinstance(p, (tuple, list)) and len(p) == 2
+               and _is_real(p[0], 0, 1) and _is_real(p[1], 0) for p in self.lam_schedule), "lam_schedule",
+               self.lam_schedule, "(fraction in [0, 1], multiplier >= 0) pairs")
+        _check(self.bias_penalty_from is None or _is_real(self.bias_penalty_from, 0, 1), "bias_penalty_from",
+               self.bias_penalty_from, "a fraction in [0, 1] or None")
+        _flags(swap=self.swap, swap_moves_optimizer_state=self.swap_moves_optimizer_state)
+        _choice("dtype", self.dtype, ("float32", "float64"))
+        _choice("relocate_follow", self.relocate_follow, ("neurons", "positions"))
         keys = set(self.cost_kwargs())
-        need(self.swap_cost is None or set(self.swap_cost) <= keys,
-             f"swap_cost keys must be among {sorted(keys)}, got {self.swap_cost!r}")
+        _check(self.swap_cost is None or isinstance(self.swap_cost, dict) and set(self.swap_cost) <= keys,
+               "swap_cost keys", self.swap_cost, f"among {sorted(keys)} (swap_cost: a dict or None)")
+        _cost_args(**self.cost_kwargs()), _cost_args(**self.swap_cost_kwargs())
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -1530,15 +1661,24 @@ class BIMTConfig:
 AUTHORS_PROCEDURE = dict(swap_moves_optimizer_state=False, relocate_follow="positions")
 
 
-def _check_data(model: nn.Module, cfg: BIMTConfig, **data) -> None:
-    """Clear errors for data that would otherwise fail deep inside torch or train silently on the wrong thing."""
+def _check_data(model: nn.Module, cfg: BIMTConfig, fns: dict, snapshot_every, **data) -> None:
+    """Clear errors for arguments that would otherwise fail deep inside torch or train silently on the wrong
+    thing; fns: the functions train was given, by name."""
+    _check(isinstance(cfg, BIMTConfig), "cfg", type(cfg).__name__, "a BIMTConfig", TypeError)
+    for name, f in fns.items():
+        _check(callable(f) or f is None and name != "loss_fn", name, f, "a function" + " or None" * (name != "loss_fn"),
+               TypeError)
+    _check(fns["snapshot_fn"] is None or _is_int(snapshot_every), "snapshot_every", snapshot_every,
+           "a positive int when snapshot_fn is given")
+    if cfg.swap:
+        _neuron_layers(model)  # a model that cannot swap fails now, not after swap_every steps
     params = [p for p in model.parameters() if p.is_floating_point()]
     if params and params[0].dtype != cfg.torch_dtype:
         raise ValueError(f"cfg.dtype is {cfg.dtype} but the model's parameters are {params[0].dtype}: build the "
                          f"model with dtype=cfg.torch_dtype (so its initialisation is drawn in that precision)")
     for name, pair in data.items():
-        if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(map(torch.is_tensor, pair))):
-            raise ValueError(f"{name} must be an (inputs, targets) pair of tensors")
+        _check(isinstance(pair, (tuple, list)) and len(pair) == 2 and all(map(torch.is_tensor, pair)), name,
+               type(pair).__name__, "an (inputs, targets) pair of tensors")
         x, y = pair
         if len(x) != len(y) or len(x) == 0:
             raise ValueError(f"{name}: {len(x)} inputs and {len(y)} targets; expected the same, non-zero number")
@@ -1546,6 +1686,18 @@ def _check_data(model: nn.Module, cfg: BIMTConfig, **data) -> None:
             if t.is_floating_point() and t.dtype != cfg.torch_dtype:
                 raise ValueError(f"{name} {what} are {t.dtype} but the model trains in {cfg.dtype}; "
                                  f"convert them with .to({cfg.torch_dtype})")
+
+
+def _batch(x: torch.Tensor, y: torch.Tensor, idx, step: int) -> tuple:
+    """x[idx], y[idx], or a clear error for indices that do not pick a batch of rows."""
+    try:
+        xb, yb = x[idx], y[idx]
+    except (IndexError, TypeError, RuntimeError):
+        xb = None
+    if xb is None or xb.dim() != x.dim() or len(xb) == 0:
+        raise ValueError(f"sampler({step}) returned {idx!r}; expected a non-empty 1-D tensor of row indices in "
+                         f"[0, {len(x)})")
+    return xb, yb
 
 
 def train(model: nn.Module, cfg: BIMTConfig, train_data: tuple, test_data: tuple, loss_fn,
@@ -1562,7 +1714,8 @@ def train(model: nn.Module, cfg: BIMTConfig, train_data: tuple, test_data: tuple
     """
     from tqdm.auto import tqdm
 
-    _check_data(model, cfg, train_data=train_data, test_data=test_data)
+    _check_data(model, cfg, dict(loss_fn=loss_fn, metric_fn=metric_fn, snapshot_fn=snapshot_fn, sampler=sampler),
+                snapshot_every, train_data=train_data, test_data=test_data)
     (x_tr, y_tr), (x_te, y_te) = train_data, test_data
     if sampler is None and cfg.batch_size is not None:
         gen = torch.Generator().manual_seed(cfg.seed)
@@ -1583,9 +1736,11 @@ def train(model: nn.Module, cfg: BIMTConfig, train_data: tuple, test_data: tuple
             if sampler is None:
                 xb, yb = x_tr, y_tr
             else:
-                idx = sampler(step)
-                xb, yb = x_tr[idx], y_tr[idx]
+                xb, yb = _batch(x_tr, y_tr, sampler(step), step)
             task = loss_fn(model(xb), yb)
+            if not (torch.is_tensor(task) and task.dim() == 0 and task.requires_grad):
+                raise ValueError(f"loss_fn must return a scalar tensor with gradients (e.g. F.mse_loss(out, y)), "
+                                 f"got {task!r}")
             cost = sum_terms(terms)
             loss = task + lam * cost
             if not torch.isfinite(loss):
@@ -1597,13 +1752,14 @@ def train(model: nn.Module, cfg: BIMTConfig, train_data: tuple, test_data: tuple
             if cfg.swap and (step + 1) % cfg.swap_every == 0:
                 swaps += relocate(model, cfg.top_k, swap_opt, cfg.relocate_follow, **cfg.swap_cost_kwargs(step))
             last = step == cfg.steps - 1
-            if snapshot_fn is not None and snapshot_every and (step % snapshot_every == 0 or last):
+            if snapshot_fn is not None and (step % snapshot_every == 0 or last):
                 snapshot_fn(step, model)
             if step % cfg.eval_every == 0 or last:
                 with torch.no_grad():
                     out = model(x_te)
+                    metric = None if metric_fn is None else _float("metric_fn's result", metric_fn(out, y_te))
                     for k, v in (("step", step), ("train_loss", task.item()), ("test_loss", loss_fn(out, y_te).item()),
-                                 ("metric", None if metric_fn is None else float(metric_fn(out, y_te))),
+                                 ("metric", metric),
                                  ("cost", cost.item()), ("lam", lam), ("swaps", swaps)):
                         hist[k].append(v)
                 bar.set_postfix(train=f"{hist['train_loss'][-1]:.2e}", test=f"{hist['test_loss'][-1]:.2e}",
@@ -1615,6 +1771,8 @@ def train(model: nn.Module, cfg: BIMTConfig, train_data: tuple, test_data: tuple
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """Fraction of rows whose argmax equals the label."""
+    _check(torch.is_tensor(labels) and labels.shape == logits.shape[:-1], "labels' shape", tuple(labels.shape),
+           f"the logits' shape without the class dim, {tuple(logits.shape[:-1])}")
     return (logits.argmax(-1) == labels).float().mean().item()
 
 
@@ -1626,16 +1784,20 @@ class Claims:
     procedure): what the seed sweep (tests/sweep.py) collects."""
 
     def __init__(self, path=None, **run):
+        _check(path is None or Path(path).parent.is_dir(), "path", path, "None or a file name in an existing folder")
         self.path, self.run, self.records = path, run, []
 
     def _add(self, name: str, holds, value) -> None:
+        _check(isinstance(name, str) and name, "a claim's name", name, "a non-empty str")
         self.records.append({**self.run, "claim": name, "holds": holds, "value": value})
         if self.path:
             Path(self.path).write_text(json.dumps(self.records, indent=1,
                                                   default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
 
     def check(self, name: str, holds, value=None) -> bool:
-        holds = bool(holds)
+        holds = bool(_check(isinstance(holds, (bool, np.bool_)) or torch.is_tensor(holds) and holds.numel() == 1
+                            and holds.dtype == torch.bool, f"claim {name!r}: holds", holds,
+                            "a bool (or one-element bool tensor)"))
         self._add(name, holds, value)
         print(f"{name}: {holds}")
         return holds
@@ -1669,7 +1831,7 @@ def read_idx(path) -> np.ndarray:
     if buf[:2] == b"\x1f\x8b":  # gzip magic; an IDX file starts with two zero bytes
         try:
             buf = gzip.decompress(buf)
-        except (OSError, EOFError) as e:
+        except (OSError, EOFError, zlib.error) as e:
             raise ValueError(f"{path}: corrupt or truncated gzip data ({e})") from None
     magic = int.from_bytes(buf[:4], "big") if len(buf) >= 4 else None
     if magic not in (0x801, 0x803):
@@ -1731,8 +1893,7 @@ def load_mnist(path=None, n_test: int = 1000, seed: int = 0):
     except Exception as e:
         raise ValueError(f"{path}: not an .npz holding 'images' and 'labels' ({type(e).__name__}: {e})") from None
     x, y = _to_tensors(images, labels, path)
-    if not 0 < n_test < len(x):
-        raise ValueError(f"n_test must lie in (0, {len(x)}), got {n_test}")
+    _check(_is_int(n_test, 1, len(x)), "n_test", n_test, f"an int in (0, {len(x)})"), _int("seed", seed, 0)
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
     te, tr = perm[:n_test], perm[n_test:]
     return x[tr], y[tr], x[te], y[te]

@@ -60,7 +60,7 @@ def test_ring_coords_lie_on_circle_of_radius_quarter():
 
 
 @pytest.mark.parametrize("call, match", [
-    (lambda: bc.neuron_coords(10, fold=3), "fold 3 must be a positive integer dividing the layer width 10"),
+    (lambda: bc.neuron_coords(10, fold=3), "fold must be a positive integer dividing the layer width 10, got 3"),
     (lambda: bc.neuron_coords(10, "grid"), "perfect-square"),
     (lambda: bc.neuron_coords(0), "positive integer"),
     (lambda: bc.neuron_coords(-3), "positive integer"),

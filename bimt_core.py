@@ -12,6 +12,7 @@ training -> data.
 """
 from __future__ import annotations
 
+import csv
 import gzip
 import hashlib
 import io
@@ -1812,6 +1813,33 @@ def figures_dir() -> Path:
     path = Path(__file__).resolve().parent / "figures"
     path.mkdir(exist_ok=True)
     return path
+
+
+def claim_rates(notebook: str | None = None, path=None) -> str:
+    """How typical is this run? A markdown table of the seed sweep (results/claims_sweep.csv, by tests/sweep.py):
+    per claim, whether it holds at the authors' seed (authors' procedure) and in k of n swept seeds per procedure
+    (n counts the runs that recorded it; crashes show in 'run completed'). notebook=None: all, with their names."""
+    path = Path(path or Path(__file__).resolve().parent / "results" / "claims_sweep.csv")
+    run = f"run: python tests/sweep.py --notebooks {notebook or '...'}"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no seed sweep results; {run}")
+    with path.open(newline="") as f:  # holds '' is a note: a measured value, no claim
+        rows = [r for r in csv.DictReader(f) if r["holds"] and notebook in (None, r["notebook"])]
+    if not rows:
+        raise ValueError(f"{path}: no claims of notebook {notebook!r}; {run}")
+    procs, table = sorted({r["procedure"] for r in rows}), {}  # (notebook, claim) -> [at authors' seed, {proc: holds}]
+    for r in rows:
+        t = table.setdefault((r["notebook"], r["claim"]), ["-", {p: [] for p in procs}])
+        if r["seed"] != "authors":
+            t[1][r["procedure"]].append(r["holds"] == "True")
+        elif r["procedure"] == "authors":
+            t[0] = "yes" if r["holds"] == "True" else "no"
+    head = ["notebook"] * (notebook is None) + ["claim", "holds at the authors' seed (authors' procedure)"] + [
+        "success rate, %s procedure (k/n)" % ("authors'" if p == "authors" else p) for p in procs]
+    body = [[nb] * (notebook is None) + [claim, at] + [f"{sum(h) / len(h):.0%} ({sum(h)}/{len(h)})" if h else "-"
+                                                      for h in seeds.values()]
+            for (nb, claim), (at, seeds) in table.items()]
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in [head, ["---"] * len(head), *body])
 
 
 # ----------------------------------------------------------------------------------------------------------

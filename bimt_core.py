@@ -1266,6 +1266,7 @@ def discover_circuit(model: nn.Module, x: torch.Tensor, metric, target: float = 
         raise ValueError(f"target faithfulness must lie in (0, 1], got {target!r}")
     t0, graph = time.perf_counter(), graph or network_graph(model)
     cand = candidates or [None if e.linear is None else e.linear.weight.detach().cpu() != 0 for e in graph.edges]
+    cand = [None if e.linear is None else c for e, c in zip(graph.edges, cand)]  # skips: never candidates
     faith = _faithfulness(model, graph, x, metric, baseline)
     if method == "eap":
         scores = edge_attribution(model, x, metric, baseline, graph)

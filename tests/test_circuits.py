@@ -147,6 +147,12 @@ def test_transformer_circuits():
     acdc = bc.discover_circuit(t, x, metric, target=0.9, method="acdc", candidates=strong)
     assert acdc.faithfulness >= 0.9
     assert all(m is None or not (m & ~s).any() for m, s in zip(acdc.masks, strong))  # only candidates
+    # surviving() gives identity edges an eye mask: they stay identity edges (None), for EAP as for ACDC
+    assert [m is None for m in acdc.masks] == [e.linear is None for e in graph.edges]
+    eap_strong = bc.discover_circuit(t, x, metric, target=0.9, candidates=strong)
+    assert [m is None for m in eap_strong.masks] == [e.linear is None for e in graph.edges]
+    assert eap_strong.faithfulness >= 0.9 and all(m is None or not (m & ~s).any()
+                                                  for m, s in zip(eap_strong.masks, strong))
 
 
 def test_corrupted_baseline_empty_circuit_is_the_corrupted_run():

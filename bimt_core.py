@@ -1376,14 +1376,18 @@ def _row_points(row: Row, y: int, fold_offset: float) -> torch.Tensor:
 
 def plot_network(model: nn.Module, ax=None, threshold: float = 0.0, graph: Graph | None = None,
                  in_labels=None, out_labels=None, max_lw: float = 2.0, fold_offset: float = 0.3,
-                 neuron_size: float = 12.0, masks: list | None = None):
+                 neuron_size: float = 12.0, masks: list | None = None, in_colors=None,
+                 copy_labels: dict | None = None):
     """Draw a 1D network as in the paper: neurons as dots at (coordinate, row), rows bottom to top, one
     segment per connection with |w| >= threshold * max |w| of its layer, width and alpha proportional to
     |w| / max |w|, blue positive, red negative. Each layer is one LineCollection (fast for 10^5 lines).
 
     in_labels / out_labels: the caller's names of the inputs / outputs in the caller's order; they follow
     in_perm / out_perm, so a label stays with its neuron after swaps. masks: per graph edge an (out, in) bool
-    mask (e.g. `Circuit.masks`): only those connections are drawn (None: the edge as usual). Returns the axes.
+    mask (e.g. `Circuit.masks`): only those connections are drawn (None: the edge as usual). in_colors: a matplotlib colour per
+    input, in the caller's order (e.g. by module), for every copy of its dot; it follows in_perm too.
+    copy_labels: {row name: a tick label per fold copy} gives each copy of a folded row its own tick (e.g. the
+    a and b operand embeddings) instead of one tick for the row. Returns the axes.
     """
     import matplotlib.pyplot as plt
     from matplotlib.collections import LineCollection
@@ -1400,8 +1404,15 @@ def plot_network(model: nn.Module, ax=None, threshold: float = 0.0, graph: Graph
     shown = [s if m is None else s & m.cpu() for s, m in zip(surviving(graph, threshold), masks)]
     for segs, rgba, rel in _connections(graph, shown, pts):
         ax.add_collection(LineCollection(segs, colors=rgba, linewidths=max_lw * rel))
-    for r, p in zip(rows, pts):
-        ax.scatter(p[:, 0], p[:, 1], s=neuron_size, c="k", zorder=3)
+    ticks, names = [], []
+    for y, (r, p) in enumerate(zip(rows, pts)):
+        copies = (copy_labels or {}).get(r.name)
+        if copies is not None and len(copies) != r.fold:
+            raise ValueError(f"copy_labels[{r.name!r}] names {len(copies)} copies but the row has fold {r.fold}")
+        ticks += [y] if copies is None else p[:: len(p) // r.fold, 1].tolist()
+        names += [r.name] if copies is None else list(copies)
+        colors = "k" if r.kind != "input" or in_colors is None else [in_colors[c] for c in r.caller.tolist()]
+        ax.scatter(p[:, 0], p[:, 1], s=neuron_size, c=colors, zorder=3)
         labels = {"input": in_labels, "output": out_labels}.get(r.kind)
         if labels is None:
             continue
@@ -1410,7 +1421,7 @@ def plot_network(model: nn.Module, ax=None, threshold: float = 0.0, graph: Graph
             below = r.kind == "input"
             ax.text(x, y - 0.1 if below else y + 0.1, str(labels[c]), ha="center",
                     va="top" if below else "bottom", fontsize=8)
-    ax.set_yticks(range(len(rows)), [r.name for r in rows])
+    ax.set_yticks(ticks, names)
     ax.set_xticks([])
     ax.set_xlim(-0.02, 1.02)
     ax.set_ylim(-0.5 - fold_offset * (rows[0].fold > 1), len(rows) - 0.5)

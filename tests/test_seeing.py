@@ -166,6 +166,22 @@ def test_plot_folded_draws_stacked_copies():
     assert sorted(t.get_text() for t in ax.texts) == ["e0", "e1", "e2", "e3"]  # one label per unit
 
 
+def test_plot_labels_every_fold_copy_and_colours_inputs():
+    m = bc.BioMLP([8, 5, 3], in_fold=2, vocab_size=4, generator=torch.Generator().manual_seed(0))
+    colours = ["red", "green", "blue", "orange"]  # one per embedding dim (an embedding column is its position)
+    ax = bc.plot_network(m, in_colors=colours, copy_labels={"input": ["a", "b"]})
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["a", "b", "hidden1", "output"]
+    assert list(ax.get_yticks()) == pytest.approx([0.0, -0.3, 1.0, 2.0])
+    dots = ax.collections[-3]
+    assert (dots.get_facecolors() == matplotlib.colors.to_rgba_array(colours * 2)).all()  # both copies
+    plain = bc.BioMLP([3, 4, 2], generator=torch.Generator().manual_seed(0))
+    plain.swap("input", 0, 2)  # colours follow in_perm: position 0 now holds input 2
+    dots = bc.plot_network(plain, in_colors=["red", "green", "blue"]).collections[-3]
+    assert (dots.get_facecolors() == matplotlib.colors.to_rgba_array(["blue", "green", "red"])).all()
+    with pytest.raises(ValueError, match="fold 2"):
+        bc.plot_network(m, copy_labels={"input": ["a"]})
+
+
 def test_plot_2d_in_3d():
     m = bc.BioMLP([16, 9, 4], geometry="grid", out_geometry="ring", fix_inputs=True,
                   generator=torch.Generator().manual_seed(0))

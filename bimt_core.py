@@ -1049,6 +1049,21 @@ def _connections(graph: Graph, masks: list, points: list):
         yield segs.numpy(), rgba.numpy(), rel.numpy()
 
 
+def _touched(graph: Graph, masks: list) -> list[torch.Tensor]:
+    """Per row, a bool per position: a surviving learned connection (not a residual skip) starts or ends there.
+    The drawings show the other neurons in light grey, so that the circuit stands out."""
+    touched = [torch.zeros(len(r.coords), dtype=torch.bool) for r in graph.rows]
+    for e, m in zip(graph.edges, masks):
+        if e.linear is not None:
+            touched[e.src][e.src_cols()] |= m.any(0)
+            touched[e.dst] |= m.any(1)
+    return touched
+
+
+def _neuron_colours(touched: torch.Tensor) -> list:
+    return ["k" if t else "0.8" for t in touched.tolist()]
+
+
 def _row_points(row: Row, y: int, fold_offset: float) -> torch.Tensor:
     """(n, 2) drawing positions of a 1D row: x = coordinate, y = row index; the copies of a folded row are
     stacked below copy 0, the last one fold_offset lower (operand embeddings as in the paper's Fig 5)."""
@@ -1062,6 +1077,8 @@ def plot_network(model: nn.Module, ax=None, threshold: float = 0.0, graph: Graph
     """Draw a 1D network as in the paper: neurons as dots at (coordinate, row), rows bottom to top, one
     segment per connection with |w| >= threshold * max |w| of its layer, width and alpha proportional to
     |w| / max |w|, blue positive, red negative. Each layer is one LineCollection (fast for 10^5 lines).
+    Neurons that no drawn connection touches (residual skips aside) are light grey. neuron_size: the dots'
+    area in points^2, reduced on rows too dense for it (e.g. the 128 hidden units of a transformer MLP).
 
     in_labels / out_labels: the caller's names of the inputs / outputs in the caller's order; they follow
     in_perm / out_perm, so a label stays with its neuron after swaps. Returns the axes.
@@ -1076,10 +1093,16 @@ def plot_network(model: nn.Module, ax=None, threshold: float = 0.0, graph: Graph
     if ax is None:
         ax = plt.subplots(figsize=(6, 1.4 * len(rows)))[1]
     pts = [_row_points(r, y, fold_offset) for y, r in enumerate(rows)]
-    for segs, rgba, rel in _connections(graph, surviving(graph, threshold), pts):
+    masks = surviving(graph, threshold)
+    for segs, rgba, rel in _connections(graph, masks, pts):
         ax.add_collection(LineCollection(segs, colors=rgba, linewidths=max_lw * rel))
-    for r, p in zip(rows, pts):
-        ax.scatter(p[:, 0], p[:, 1], s=neuron_size, c="k", zorder=3)
+    # A dot is at most 60% of the gap between neighbours of its row, so that wide rows stay rows of dots.
+    pt_per_x = ax.get_position().width * ax.figure.get_figwidth() * 72 / 1.04  # points per unit of x (xlim)
+    for r, p, touched in zip(rows, pts, _touched(graph, masks)):
+        xs = r.coords[:, 0].unique()
+        gap = float((xs[1:] - xs[:-1]).min()) if len(xs) > 1 else 1.0
+        ax.scatter(p[:, 0], p[:, 1], s=min(neuron_size, (0.6 * gap * pt_per_x) ** 2), c=_neuron_colours(touched),
+                   zorder=3)
         labels = {"input": in_labels, "output": out_labels}.get(r.kind)
         if labels is None:
             continue

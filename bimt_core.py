@@ -1122,37 +1122,45 @@ def plot_network(model: nn.Module, ax=None, threshold: float = 0.0, graph: Graph
 
 def plot_network_3d(model: nn.Module, ax=None, threshold: float = 0.0, graph: Graph | None = None,
                     image=None, out_labels=None, max_lw: float = 1.0, neuron_size: float = 4.0,
-                    cmap: str = "Greys"):
+                    cmap: str = "Greys", zoom: float = 1.1):
     """Draw a 2D network (MNIST's grids and output ring) in 3D: row k is the plane z = k, connections as in
-    `plot_network` (one Line3DCollection per layer). image: the caller's input values (e.g. a 28x28 digit),
-    shown on the input plane at each pixel's position (through in_perm). Returns the 3D axes."""
+    `plot_network` (one Line3DCollection per layer), neurons that no drawn connection touches in light grey,
+    each row's name beside its plane. image: the caller's input values (e.g. a 28x28 digit), shown on the input
+    plane at each pixel's position (through in_perm). zoom: of the box within the axes (matplotlib leaves wide
+    margins around a 3D box). Returns the 3D axes."""
     import matplotlib.pyplot as plt
     from mpl_toolkits.mplot3d.art3d import Line3DCollection
 
     graph = graph or network_graph(model)
     rows = graph.rows
     if ax is None:
-        ax = plt.figure(figsize=(7, 7)).add_subplot(projection="3d")
+        ax = plt.figure(figsize=(8, 8)).add_subplot(projection="3d")
+    ax.computed_zorder = False  # draw order, not depth: input plane, then connections, then neurons on top
     pts = []
     for z, r in enumerate(rows):
         xy = r.coords.float() if r.coords.shape[1] == 2 else F.pad(r.coords.float(), (0, 1), value=0.5)
         pts.append(torch.cat([xy, torch.full((len(xy), 1), float(z))], 1))
-    for segs, rgba, rel in _connections(graph, surviving(graph, threshold), pts):
-        ax.add_collection3d(Line3DCollection(segs, colors=rgba, linewidths=max_lw * rel))
-    for r, p in zip(rows, pts):
+    masks = surviving(graph, threshold)
+    for segs, rgba, rel in _connections(graph, masks, pts):
+        ax.add_collection3d(Line3DCollection(segs, colors=rgba, linewidths=max_lw * rel, zorder=1))
+    for z, (r, p, touched) in enumerate(zip(rows, pts, _touched(graph, masks))):
         if r.kind == "input" and image is not None:
             vals = torch.as_tensor(image, dtype=torch.float32).flatten()[r.caller]
             ax.scatter(p[:, 0], p[:, 1], p[:, 2], c=vals.numpy(), cmap=cmap, s=3 * neuron_size, marker="s",
-                       depthshade=False)
+                       depthshade=False, zorder=0)
         else:
-            ax.scatter(p[:, 0], p[:, 1], p[:, 2], c="k", s=neuron_size, depthshade=False)
+            ax.scatter(p[:, 0], p[:, 1], p[:, 2], c=_neuron_colours(touched), s=neuron_size, depthshade=False,
+                       zorder=2)
         if r.kind == "output" and out_labels is not None:
-            for (x, y, z), c in zip(p.tolist(), r.caller.tolist()):
+            for (x, y, _), c in zip(p.tolist(), r.caller.tolist()):
                 ax.text(0.5 + 1.25 * (x - 0.5), 0.5 + 1.25 * (y - 0.5), z, str(out_labels[c]), ha="center",
-                        fontsize=8)
+                        fontsize=8, zorder=3)
+        ax.plot([0, 1, 1, 0, 0], [0, 0, 1, 1, 0], [z] * 5, color="0.85", lw=0.6, zorder=0)  # the plane's edge
+        ax.text(-0.04, 1, z, r.name, ha="right", va="center", fontsize=9, zorder=3)  # left of the front corner
     # y runs away from the viewer so that pixel row 0 (the top of an image) is at the back: digits read upright
-    ax.set(xlim=(0, 1), ylim=(1, 0), zlim=(0, len(rows) - 1), xticks=[], yticks=[])
-    ax.set_zticks(range(len(rows)), [r.name for r in rows])
+    ax.set(xlim=(0, 1), ylim=(1, 0), zlim=(0, len(rows) - 1))
+    ax.set_box_aspect(None, zoom=zoom)
+    ax.set_axis_off()
     return ax
 
 

@@ -38,7 +38,8 @@ def neuron_coords(n: int, geometry: str = "line", fold: int = 1, dtype: torch.dt
     q|k|v): the n/f positions repeat f times, so copy c of unit u sits where unit u does.
     - line: unit k of m at x = (2k+1)/(2m) on [0, 1];
     - grid: m must be a square s*s; unit k at column k % s, row k // s, cell centres on [0, 1]^2;
-    - ring: m units on a circle of radius 1/4 centred at (0.5, 0.5) (the MNIST outputs).
+    - ring: m units on a circle of radius 1/4 centred at (0.5, 0.5), unit k at angle 2 pi (2k+1)/(2m), the
+      angular cell centres (the MNIST outputs, as in the authors' code).
     """
     if not isinstance(n, int) or n <= 0:
         raise ValueError(f"layer width must be a positive integer, got {n!r}")
@@ -55,7 +56,7 @@ def neuron_coords(n: int, geometry: str = "line", fold: int = 1, dtype: torch.dt
                              f"(nearest squares {s * s} and {(s + 1) ** 2})")
         c = torch.stack([(2 * (k % s) + 1) / (2 * s), (2 * (k // s) + 1) / (2 * s)], dim=1)
     elif geometry == "ring":
-        theta = 2 * math.pi * k / m
+        theta = 2 * math.pi * (2 * k + 1) / (2 * m)
         c = torch.stack([0.5 + 0.25 * torch.cos(theta), 0.5 + 0.25 * torch.sin(theta)], dim=1)
     else:
         raise ValueError(f"unknown geometry {geometry!r}; expected 'line', 'grid' or 'ring'")

@@ -94,7 +94,8 @@ def neuron_coords(n: int, geometry: str = "line", fold: int = 1, dtype: torch.dt
     q|k|v): the n/f positions repeat f times, so copy c of unit u sits where unit u does.
     - line: unit k of m at x = (2k+1)/(2m) on [0, 1];
     - grid: m must be a square s*s; unit k at column k % s, row k // s, cell centres on [0, 1]^2;
-    - ring: m units on a circle of radius 1/4 centred at (0.5, 0.5) (the MNIST outputs).
+    - ring: m units on a circle of radius 1/4 centred at (0.5, 0.5), unit k at angle 2 pi (2k+1)/(2m), the
+      angular cell centres (the MNIST outputs, as in the authors' code).
     """
     _check(_is_int(n), "layer width", n, "a positive integer")
     _check(_is_int(fold) and n % fold == 0, "fold", fold, f"a positive integer dividing the layer width {n}")
@@ -109,7 +110,7 @@ def neuron_coords(n: int, geometry: str = "line", fold: int = 1, dtype: torch.dt
                              f"(nearest squares {s * s} and {(s + 1) ** 2})")
         c = torch.stack([(2 * (k % s) + 1) / (2 * s), (2 * (k // s) + 1) / (2 * s)], dim=1)
     elif geometry == "ring":
-        theta = 2 * math.pi * k / m
+        theta = 2 * math.pi * (2 * k + 1) / (2 * m)
         c = torch.stack([0.5 + 0.25 * torch.cos(theta), 0.5 + 0.25 * torch.sin(theta)], dim=1)
     else:
         raise ValueError(f"unknown geometry {geometry!r}; expected 'line', 'grid' or 'ring'")
@@ -1367,6 +1368,21 @@ def _check_labels(graph: Graph, **labels):
         _check(got in (None, n), f"the length of {name}", got, f"{n}, one entry per {kind} of the model")
 
 
+def _touched(graph: Graph, masks: list) -> list[torch.Tensor]:
+    """Per row, a bool per position: a surviving learned connection (not a residual skip) starts or ends there.
+    The drawings show the other neurons in light grey, so that the circuit stands out."""
+    touched = [torch.zeros(len(r.coords), dtype=torch.bool) for r in graph.rows]
+    for e, m in zip(graph.edges, masks):
+        if e.linear is not None:
+            touched[e.src][e.src_cols()] |= m.any(0)
+            touched[e.dst] |= m.any(1)
+    return touched
+
+
+def _neuron_colours(touched: torch.Tensor) -> list:
+    return ["k" if t else "0.8" for t in touched.tolist()]
+
+
 def _row_points(row: Row, y: int, fold_offset: float) -> torch.Tensor:
     """(n, 2) drawing positions of a 1D row: x = coordinate, y = row index; the copies of a folded row are
     stacked below copy 0, the last one fold_offset lower (operand embeddings as in the paper's Fig 5)."""
@@ -1381,6 +1397,8 @@ def plot_network(model: nn.Module, ax=None, threshold: float = 0.0, graph: Graph
     """Draw a 1D network as in the paper: neurons as dots at (coordinate, row), rows bottom to top, one
     segment per connection with |w| >= threshold * max |w| of its layer, width and alpha proportional to
     |w| / max |w|, blue positive, red negative. Each layer is one LineCollection (fast for 10^5 lines).
+    Neurons that no drawn connection touches (residual skips aside) are light grey. neuron_size: the dots'
+    area in points^2, reduced on rows too dense for it (e.g. the 128 hidden units of a transformer MLP).
 
     in_labels / out_labels: the caller's names of the inputs / outputs in the caller's order; they follow
     in_perm / out_perm, so a label stays with its neuron after swaps. masks: per graph edge an (out, in) bool
@@ -1404,15 +1422,21 @@ def plot_network(model: nn.Module, ax=None, threshold: float = 0.0, graph: Graph
     shown = [s if m is None else s & m.cpu() for s, m in zip(surviving(graph, threshold), masks)]
     for segs, rgba, rel in _connections(graph, shown, pts):
         ax.add_collection(LineCollection(segs, colors=rgba, linewidths=max_lw * rel))
+    # A dot is at most 60% of the gap between neighbours of its row, so that wide rows stay rows of dots.
+    pt_per_x = ax.get_position().width * ax.figure.get_figwidth() * 72 / 1.04  # points per unit of x (xlim)
     ticks, names = [], []
-    for y, (r, p) in enumerate(zip(rows, pts)):
+    for y, (r, p, touched) in enumerate(zip(rows, pts, _touched(graph, shown))):
         copies = (copy_labels or {}).get(r.name)
         if copies is not None and len(copies) != r.fold:
             raise ValueError(f"copy_labels[{r.name!r}] names {len(copies)} copies but the row has fold {r.fold}")
         ticks += [y] if copies is None else p[:: len(p) // r.fold, 1].tolist()
         names += [r.name] if copies is None else list(copies)
-        colors = "k" if r.kind != "input" or in_colors is None else [in_colors[c] for c in r.caller.tolist()]
-        ax.scatter(p[:, 0], p[:, 1], s=neuron_size, c=colors, zorder=3)
+        colors = _neuron_colours(touched)
+        if r.kind == "input" and in_colors is not None:
+            colors = [in_colors[c] for c in r.caller.tolist()]
+        xs = r.coords[:, 0].unique()
+        gap = float((xs[1:] - xs[:-1]).min()) if len(xs) > 1 else 1.0
+        ax.scatter(p[:, 0], p[:, 1], s=min(neuron_size, (0.6 * gap * pt_per_x) ** 2), c=colors, zorder=3)
         labels = {"input": in_labels, "output": out_labels}.get(r.kind)
         if labels is None:
             continue
@@ -1432,10 +1456,12 @@ def plot_network(model: nn.Module, ax=None, threshold: float = 0.0, graph: Graph
 
 def plot_network_3d(model: nn.Module, ax=None, threshold: float = 0.0, graph: Graph | None = None,
                     image=None, out_labels=None, max_lw: float = 1.0, neuron_size: float = 4.0,
-                    cmap: str = "Greys"):
+                    cmap: str = "Greys", zoom: float = 1.1):
     """Draw a 2D network (MNIST's grids and output ring) in 3D: row k is the plane z = k, connections as in
-    `plot_network` (one Line3DCollection per layer). image: the caller's input values (e.g. a 28x28 digit),
-    shown on the input plane at each pixel's position (through in_perm). Returns the 3D axes."""
+    `plot_network` (one Line3DCollection per layer), neurons that no drawn connection touches in light grey,
+    each row's name beside its plane. image: the caller's input values (e.g. a 28x28 digit), shown on the input
+    plane at each pixel's position (through in_perm). zoom: of the box within the axes (matplotlib leaves wide
+    margins around a 3D box). Returns the 3D axes."""
     import matplotlib.pyplot as plt
     from mpl_toolkits.mplot3d.art3d import Line3DCollection
 
@@ -1443,27 +1469,33 @@ def plot_network_3d(model: nn.Module, ax=None, threshold: float = 0.0, graph: Gr
     rows = graph.rows
     _check_labels(graph, image=image, out_labels=out_labels)
     if ax is None:
-        ax = plt.figure(figsize=(7, 7)).add_subplot(projection="3d")
+        ax = plt.figure(figsize=(8, 8)).add_subplot(projection="3d")
+    ax.computed_zorder = False  # draw order, not depth: input plane, then connections, then neurons on top
     pts = []
     for z, r in enumerate(rows):
         xy = r.coords.float() if r.coords.shape[1] == 2 else F.pad(r.coords.float(), (0, 1), value=0.5)
         pts.append(torch.cat([xy, torch.full((len(xy), 1), float(z))], 1))
-    for segs, rgba, rel in _connections(graph, surviving(graph, threshold), pts):
-        ax.add_collection3d(Line3DCollection(segs, colors=rgba, linewidths=max_lw * rel))
-    for r, p in zip(rows, pts):
+    masks = surviving(graph, threshold)
+    for segs, rgba, rel in _connections(graph, masks, pts):
+        ax.add_collection3d(Line3DCollection(segs, colors=rgba, linewidths=max_lw * rel, zorder=1))
+    for z, (r, p, touched) in enumerate(zip(rows, pts, _touched(graph, masks))):
         if r.kind == "input" and image is not None:
             vals = torch.as_tensor(image, dtype=torch.float32).flatten()[r.caller]
             ax.scatter(p[:, 0], p[:, 1], p[:, 2], c=vals.numpy(), cmap=cmap, s=3 * neuron_size, marker="s",
-                       depthshade=False)
+                       depthshade=False, zorder=0)
         else:
-            ax.scatter(p[:, 0], p[:, 1], p[:, 2], c="k", s=neuron_size, depthshade=False)
+            ax.scatter(p[:, 0], p[:, 1], p[:, 2], c=_neuron_colours(touched), s=neuron_size, depthshade=False,
+                       zorder=2)
         if r.kind == "output" and out_labels is not None:
-            for (x, y, z), c in zip(p.tolist(), r.caller.tolist()):
+            for (x, y, _), c in zip(p.tolist(), r.caller.tolist()):
                 ax.text(0.5 + 1.25 * (x - 0.5), 0.5 + 1.25 * (y - 0.5), z, str(out_labels[c]), ha="center",
-                        fontsize=8)
+                        fontsize=8, zorder=3)
+        ax.plot([0, 1, 1, 0, 0], [0, 0, 1, 1, 0], [z] * 5, color="0.85", lw=0.6, zorder=0)  # the plane's edge
+        ax.text(-0.04, 1, z, r.name, ha="right", va="center", fontsize=9, zorder=3)  # left of the front corner
     # y runs away from the viewer so that pixel row 0 (the top of an image) is at the back: digits read upright
-    ax.set(xlim=(0, 1), ylim=(1, 0), zlim=(0, len(rows) - 1), xticks=[], yticks=[])
-    ax.set_zticks(range(len(rows)), [r.name for r in rows])
+    ax.set(xlim=(0, 1), ylim=(1, 0), zlim=(0, len(rows) - 1))
+    ax.set_box_aspect(None, zoom=zoom)
+    ax.set_axis_off()
     return ax
 
 

@@ -3,6 +3,7 @@ import copy
 import dataclasses
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -57,6 +58,13 @@ def test_ring_coords_lie_on_circle_of_radius_quarter():
     r = ((c - 0.5) ** 2).sum(1).sqrt()
     assert torch.allclose(r, torch.full((10,), 0.25))
     assert len({tuple(p) for p in c.round(decimals=5).tolist()}) == 10
+
+
+def test_ring_angles_are_the_authors():
+    """Their MNIST notebook: theta = linspace(2 pi / 20, 2 pi (1 - 1/20), 10), (0.5 + cos/4, 0.5 + sin/4)."""
+    theta = np.linspace(2 * np.pi / 20, 2 * np.pi * (1 - 1 / 20), 10)
+    theirs = torch.from_numpy(np.stack([0.5 + np.cos(theta) / 4, 0.5 + np.sin(theta) / 4], 1))
+    assert torch.allclose(bc.neuron_coords(10, "ring", dtype=torch.float64), theirs, rtol=0, atol=1e-15)
 
 
 @pytest.mark.parametrize("call, match", [

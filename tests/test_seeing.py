@@ -157,6 +157,22 @@ def test_plot_1d_segments_and_threshold():
     assert n_segments(bc.plot_network(m, threshold=0.5)) == expected < 78
 
 
+def test_plot_dots_fit_their_row_and_untouched_neurons_are_grey():
+    ax = bc.plot_network(two_paths(), threshold=0.4)  # drops x3's only connection (0.3 of the layer max)
+    inputs, hidden, outputs = [c for c in ax.collections if not isinstance(c, LineCollection)]
+    grey = matplotlib.colors.to_rgba("0.8")
+    assert [tuple(c) == grey for c in inputs.get_facecolors()] == [False, False, False, True]
+    assert [tuple(c) == grey for c in hidden.get_facecolors()] == [False, True, True, False]
+    assert not any(tuple(c) == grey for c in outputs.get_facecolors())
+    # a row of 128 on a 4-inch axes: dots shrink below 60% of the gap between neighbours; narrow rows keep theirs
+    fig, ax = plt.subplots(figsize=(4, 4))
+    bc.plot_network(bc.BioMLP([4, 128, 2], generator=torch.Generator().manual_seed(0)), ax=ax, neuron_size=12.0)
+    sizes = [c.get_sizes()[0] for c in ax.collections if not isinstance(c, LineCollection)]
+    gap_pt = ax.get_position().width * 4 * 72 / 1.04 / 128
+    assert sizes[0] == sizes[2] == 12.0
+    assert sizes[1] == pytest.approx((0.6 * gap_pt) ** 2) and sizes[1] < 12.0
+
+
 def test_plot_folded_draws_stacked_copies():
     m = bc.BioMLP([8, 5, 3], in_fold=2, vocab_size=4, generator=torch.Generator().manual_seed(0))
     ax = bc.plot_network(m, in_labels=[f"e{u}" for u in range(4)])
@@ -187,10 +203,27 @@ def test_plot_2d_in_3d():
                   generator=torch.Generator().manual_seed(0))
     ax = bc.plot_network_3d(m, image=torch.arange(16.0).view(4, 4), out_labels=list("abcd"))
     assert n_segments(ax) == 16 * 9 + 9 * 4
-    assert len(ax.texts) == 4
+    assert sorted(t.get_text() for t in ax.texts) == sorted(["input", "hidden1", "output", *"abcd"])  # rows, outputs
     with pytest.raises(ValueError, match="plot_network_3d"):
         bc.plot_network(m)
 
+
+def test_plot_3d_neurons_above_connections_and_untouched_neurons_grey():
+    m = bc.BioMLP([16, 9, 4], geometry="grid", out_geometry="ring", fix_inputs=True)
+    with torch.no_grad():
+        for lin in m.linears:
+            lin.weight.zero_()
+        m.linears[0].weight[4, 5] = m.linears[1].weight[2, 4] = 1.0  # pixel 5 -> hidden 4 -> output 2
+    ax = bc.plot_network_3d(m)
+    lines = [c for c in ax.collections if isinstance(c, LineCollection)]
+    inputs, hidden, outputs = [c for c in ax.collections if not isinstance(c, LineCollection)]
+    black = matplotlib.colors.to_rgba("k")
+    assert [i for i, c in enumerate(hidden.get_facecolors()) if tuple(c) == black] == [4]
+    assert [i for i, c in enumerate(outputs.get_facecolors()) if tuple(c) == black] == [2]
+    assert [i for i, c in enumerate(inputs.get_facecolors()) if tuple(c) == black] == [5]
+    # drawn in order, not by depth: every neuron on top of every connection; no axis box, the rows named in text
+    assert not ax.computed_zorder and max(c.get_zorder() for c in lines) < hidden.get_zorder()
+    assert not ax.axison and {"input", "hidden1", "output"} <= {t.get_text() for t in ax.texts}
 
 def test_labels_follow_permutations_after_swaps():
     m = bc.BioMLP([3, 4, 3], generator=torch.Generator().manual_seed(0))

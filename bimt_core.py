@@ -33,60 +33,45 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# ----------------------------------------------------------------------------------------------------------
-# Input checks: each public function checks its arguments once, at its boundary, with these
-
-
+# -- Input checks: each public function checks its arguments once, at its boundary, with these --------
 def _check(ok, name: str, v, expected: str, exc=ValueError):
     """v if ok, else exc('{name} must be {expected}, got {v!r}')."""
     if not ok:
         raise exc(f"{name} must be {expected}, got {v!r}")
     return v
 
-
 def _is_int(v, lo=1, hi=math.inf) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and lo <= v < hi  # a bool is no count
-
 
 def _is_real(v, lo=-math.inf, hi=math.inf) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and lo <= v <= hi
 
-
 def _int(name: str, v, lo: int = 1, none: bool = False):
     return _check(_is_int(v, lo) or (none and v is None), name, v,
                   ("a positive int" if lo == 1 else f"an int >= {lo}") + (" or None" if none else ""))
-
 
 def _number(name: str, v, lo: float = 0.0, hi: float = math.inf):
     """A finite number in [lo, hi]; _number(name, v, 0, 1) is a fraction (NaN is never one)."""
     return _check(_is_real(v, lo, hi), name, v, f"a number in [{lo:g}, {hi:g}]" if hi < math.inf
                   else f"a finite number >= {lo:g}")
 
-
 def _choice(name: str, v, options):
     return _check(isinstance(v, (str, type(None))) and v in options, name, v, " or ".join(map(repr, options)))
-
 
 def _flags(**flags):
     for k, v in flags.items():
         _check(isinstance(v, (bool, np.bool_)), k, v, "True or False")
-
 
 def _float(name: str, v) -> float:
     """float(v) for a number or a one-element tensor or array (what a metric returns)."""
     return float(_check(isinstance(v, numbers.Real) or isinstance(v, np.ndarray) and v.size == 1
                         or torch.is_tensor(v) and v.numel() == 1, name, v, "a number"))
 
-
 def _dtype(dtype):
     return _check(dtype is None or isinstance(dtype, torch.dtype) and dtype.is_floating_point, "dtype", dtype,
                   "a floating-point torch dtype (e.g. torch.float64) or None")
 
-
-# ----------------------------------------------------------------------------------------------------------
-# Geometry
-
-
+# -- Geometry ----------------------------------------------------------------------------------------
 def neuron_coords(n: int, geometry: str = "line", fold: int = 1, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Positions of the n neurons of one layer, shape (n, 1) for 'line' and (n, 2) for 'grid' and 'ring'.
 
@@ -116,7 +101,6 @@ def neuron_coords(n: int, geometry: str = "line", fold: int = 1, dtype: torch.dt
         raise ValueError(f"unknown geometry {geometry!r}; expected 'line', 'grid' or 'ring'")
     return c.repeat(fold, 1)
 
-
 def manhattan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Pairwise Manhattan distances, (n, d) x (m, d) -> (n, m). In 1D it is |dx|."""
     if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[1]:
@@ -124,11 +108,7 @@ def manhattan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
                          f"{tuple(b.shape)}; expected (n, d) and (m, d) with the same d")
     return (a[:, None, :] - b[None, :, :]).abs().sum(-1)
 
-
-# ----------------------------------------------------------------------------------------------------------
-# Layers
-
-
+# -- Layers ------------------------------------------------------------------------------------------
 class BioLinear(nn.Linear):
     """nn.Linear whose input and output neurons carry coordinates (buffers, not learned).
 
@@ -195,7 +175,6 @@ class BioLinear(nn.Linear):
         super()._load_from_state_dict(*args, **kwargs)
         self.dist = manhattan(self.out_coords, self.in_coords)  # coordinates may have been replaced
 
-
 class Member(NamedTuple):
     """A tensor slice owned by the units of a NeuronLayer: unit u owns entries index[:, u] of
     getattr(module, attr) along dim (index (copies, n_units); copies > 1 for folds and for heads).
@@ -207,7 +186,6 @@ class Member(NamedTuple):
     dim: int
     index: torch.Tensor
     role: str | None = None
-
 
 @dataclass
 class NeuronLayer:
@@ -245,12 +223,10 @@ class NeuronLayer:
         """lin reads these units: its weight columns move with them."""
         self.add(lin, "weight", 1, index, "outgoing")
 
-
 def fold_index(n: int, fold: int) -> torch.Tensor:
     """(fold, n // fold) index: unit u of a folded layer owns positions u, u + n/f, u + 2n/f, ..."""
     _check(_is_int(n) and _is_int(fold) and n % fold == 0, "fold", fold, f"a positive int dividing {n!r}")
     return torch.arange(n).view(fold, n // fold)
-
 
 class Edge(NamedTuple):
     """`linear` reads row src and writes row dst. cols[j]: the src position that the linear's input j reads
@@ -264,7 +240,6 @@ class Edge(NamedTuple):
 
     def src_cols(self):
         return slice(None) if self.cols is None else self.cols
-
 
 @dataclass
 class Row:
@@ -292,7 +267,6 @@ class Row:
                self.caller, f"the caller's index at each of its {n} positions (input and output rows)")
         if self.caller is not None:
             self.caller = self.caller.cpu()
-
 
 @dataclass
 class Graph:
@@ -337,7 +311,6 @@ class Graph:
         top = Row(name, self.rows[k].coords, "output", self.rows[k].fold, torch.arange(len(self.rows[k].coords)))
         return Graph(self.rows[:k] + [top], [e for e in self.edges if e.dst <= k])
 
-
 def _activation(name: str):
     acts = {"silu": F.silu, "relu": F.relu, "gelu": F.gelu, "tanh": torch.tanh,
             "gelu_tanh": lambda x: F.gelu(x, approximate="tanh")}  # the authors' transformer MLP
@@ -345,11 +318,7 @@ def _activation(name: str):
         raise ValueError(f"unknown activation {name!r}; expected one of {sorted(acts)}")
     return acts[name]
 
-
-# ----------------------------------------------------------------------------------------------------------
-# Models
-
-
+# -- Models ------------------------------------------------------------------------------------------
 class SwappableModel(nn.Module):
     """A model BIMT can train, swap, analyse and draw. It describes itself twice over the same neurons:
     - neuron_layers(): the swappable layers, input first, and every tensor slice each unit owns (what a
@@ -375,7 +344,6 @@ class SwappableModel(nn.Module):
     def swap(self, layer, j: int, k: int, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Exchange units j and k of a neuron layer (index or name); the function is unchanged."""
         swap_units(self, layer, j, k, optimizer)
-
 
 class BioMLP(SwappableModel):
     """The MLPs of the paper: shape [n0, n1, ..., nL] of BioLinear layers with an activation in between.
@@ -489,7 +457,6 @@ class BioMLP(SwappableModel):
         rows.append(Row("output", lins[-1].out_coords, "output", caller=self.out_perm))
         return Graph(rows, [(f"linears.{i}", lin, i, i + 1) for i, lin in enumerate(lins)])
 
-
 class BioBlock(nn.Module):
     """One transformer block on a (B, T, d_model) residual stream: x + attn(ln1(x)), then x + mlp(ln2(x)).
 
@@ -529,7 +496,6 @@ class BioBlock(nn.Module):
         if rec is not None:
             rec(h)
         return self.mlp_out(h)
-
 
 class BioTransformer(SwappableModel):
     """The transformer of Fig 7: input linear in_dim -> d_model, n_blocks BioBlocks, output linear
@@ -658,11 +624,7 @@ class BioTransformer(SwappableModel):
         rows.append(Row("output", self.unembed.out_coords, "output", caller=self.out_perm))
         return Graph(rows, edges + [("unembed", self.unembed, res, len(rows) - 1)])
 
-
-# ----------------------------------------------------------------------------------------------------------
-# Connection cost
-
-
+# -- Connection cost ---------------------------------------------------------------------------------
 def _linears(model: nn.Module) -> list[BioLinear]:
     _check(isinstance(model, nn.Module), "model", type(model).__name__, "an nn.Module", TypeError)
     lins = [m for m in model.modules() if isinstance(m, BioLinear)]
@@ -670,10 +632,8 @@ def _linears(model: nn.Module) -> list[BioLinear]:
         raise ValueError(f"{type(model).__name__} has no BioLinear layers to pay a connection cost for")
     return lins
 
-
 def _cost_args(weight_factor, l0, agg, **flags):
     _number("weight_factor", weight_factor), _number("l0", l0), _choice("agg", agg, ("sum", "mean")), _flags(**flags)
-
 
 def cost_terms(model: nn.Module, weight_factor: float = 1.0, l0: float = 0.1, agg: str = "sum",
                bias_penalty: bool = False, embedding_penalty: bool = False,
@@ -695,7 +655,6 @@ def cost_terms(model: nn.Module, weight_factor: float = 1.0, l0: float = 0.1, ag
         terms.append((emb, None, scale(emb) * l0))
     return terms
 
-
 def sum_terms(terms: list) -> torch.Tensor:
     """The cost of `cost_terms`: a scalar tensor with gradients."""
     cost = None
@@ -706,7 +665,6 @@ def sum_terms(terms: list) -> torch.Tensor:
     if cost is None:
         raise ValueError("sum_terms needs the non-empty list of terms of cost_terms, got none")
     return cost
-
 
 def connection_cost(model: nn.Module, weight_factor: float = 1.0, l0: float = 0.1, agg: str = "sum",
                     bias_penalty: bool = False, embedding_penalty: bool = False,
@@ -720,11 +678,7 @@ def connection_cost(model: nn.Module, weight_factor: float = 1.0, l0: float = 0.
     return sum_terms(cost_terms(model, weight_factor, l0, agg, bias_penalty, embedding_penalty,
                                 last_layer_l0_only))
 
-
-# ----------------------------------------------------------------------------------------------------------
-# Swapping
-
-
+# -- Swapping ----------------------------------------------------------------------------------------
 def _neuron_layers(model: nn.Module) -> list[NeuronLayer]:
     if not callable(getattr(model, "neuron_layers", None)):
         raise TypeError(f"{type(model).__name__} cannot be swapped: it needs a neuron_layers() method listing "
@@ -733,11 +687,9 @@ def _neuron_layers(model: nn.Module) -> list[NeuronLayer]:
     return _check(isinstance(layers, list) and all(isinstance(nl, NeuronLayer) for nl in layers),
                   f"{type(model).__name__}.neuron_layers()", layers, "a list of NeuronLayers", TypeError)
 
-
 def _optimizer(optimizer):
     return _check(optimizer is None or isinstance(optimizer, torch.optim.Optimizer), "optimizer", optimizer,
                   "a torch.optim.Optimizer or None", TypeError)
-
 
 def _get_layer(model: nn.Module, layer) -> NeuronLayer:
     if isinstance(layer, NeuronLayer):
@@ -751,12 +703,10 @@ def _get_layer(model: nn.Module, layer) -> NeuronLayer:
     return layers[_check(_is_int(layer, -len(layers), len(layers)), "layer", layer,
                          f"a name or an index in [0, {len(layers)})")]
 
-
 def _with_state(t: torch.Tensor, optimizer: torch.optim.Optimizer | None) -> list[torch.Tensor]:
     """t and the optimizer's per-parameter state shaped like it (e.g. Adam's moments): what a swap moves."""
     state = optimizer.state.get(t, {}) if optimizer is not None else {}
     return [t, *(v for v in state.values() if torch.is_tensor(v) and v.shape == t.shape)]
-
 
 def permute_units(model: nn.Module, layer, perm: torch.Tensor,
                   optimizer: torch.optim.Optimizer | None = None) -> None:
@@ -779,7 +729,6 @@ def permute_units(model: nn.Module, layer, perm: torch.Tensor,
             for v in _with_state(t, optimizer):
                 v.copy_(v.index_select(m.dim, full))  # index_select copies first: no aliasing
 
-
 def swap_units(model: nn.Module, layer, j: int, k: int,
                optimizer: torch.optim.Optimizer | None = None) -> None:
     """Exchange units j and k of `layer` (index, name or NeuronLayer): `permute_units` with a transposition."""
@@ -789,7 +738,6 @@ def swap_units(model: nn.Module, layer, j: int, k: int,
     perm = torch.arange(nl.n_units)
     perm[[j, k]] = perm[[k, j]]
     permute_units(model, nl, perm, optimizer)
-
 
 def neuron_scores(nl: NeuronLayer) -> torch.Tensor:
     """Per unit: sum |incoming weights| + sum |outgoing weights| (all fold copies; an embedding counts as
@@ -802,7 +750,6 @@ def neuron_scores(nl: NeuronLayer) -> torch.Tensor:
         per_pos = w.sum(dim=1 - m.dim)  # (size along dim,)
         score += per_pos[m.index].sum(0).cpu()
     return score
-
 
 def placement_costs(nl: NeuronLayer, coefs: dict) -> torch.Tensor:
     """coefs: {weight tensor: (coef, factor)} of `cost_terms`.
@@ -825,9 +772,7 @@ def placement_costs(nl: NeuronLayer, coefs: dict) -> torch.Tensor:
         raise NotImplementedError(f"layer {nl.name!r} has a BioLinear on both sides; its swap cost is not separable")
     return P
 
-
 SWAP_TOL = 1e-9  # a swap must lower the cost by more than this fraction of the total: ties are not swaps
-
 
 def relocate(model: nn.Module, top_k: int, optimizer: torch.optim.Optimizer | None = None,
              follow: str = "neurons", **cost_kwargs) -> int:
@@ -875,11 +820,7 @@ def relocate(model: nn.Module, top_k: int, optimizer: torch.optim.Optimizer | No
             permute_units(model, nl, torch.from_numpy(perm), optimizer)
     return swaps
 
-
-# ----------------------------------------------------------------------------------------------------------
-# Analysis
-
-
+# -- Analysis ----------------------------------------------------------------------------------------
 def network_graph(model: nn.Module, graph: Graph | None = None) -> Graph:
     """graph if given, else model.graph(), with a clear error for a model that does not describe itself."""
     if graph is None:
@@ -891,7 +832,6 @@ def network_graph(model: nn.Module, graph: Graph | None = None) -> Graph:
     _check(isinstance(graph, Graph), "graph", type(graph).__name__, "a bc.Graph (see BioMLP.graph)", TypeError)
     return graph
 
-
 def surviving(graph: Graph, threshold: float = 0.0) -> list[torch.Tensor]:
     """Per edge, the (out, in) bool mask of connections with w != 0 and |w| >= threshold * max |w| of
     that layer (threshold is relative: 0 keeps every non-zero weight, 1 only the strongest)."""
@@ -901,7 +841,6 @@ def surviving(graph: Graph, threshold: float = 0.0) -> list[torch.Tensor]:
         w = torch.eye(len(graph.rows[d].unit)) if lin is None else lin.weight.detach().abs().cpu()
         masks.append((w > 0) & (w >= threshold * w.max()))
     return masks
-
 
 def active_neurons(graph: Graph, masks: list) -> list[torch.Tensor]:
     """Per row, a bool per unit. A neuron is active if it keeps at least one incoming and one outgoing
@@ -920,7 +859,6 @@ def active_neurons(graph: Graph, masks: list) -> list[torch.Tensor]:
         active.append(units)
     return active
 
-
 @dataclass
 class Module:
     """A connected component of the surviving graph that links inputs to outputs (caller indices);
@@ -933,10 +871,8 @@ class Module:
         return (f"inputs {_short(self.inputs)} -> outputs {_short(self.outputs)} "
                 f"({sum(map(len, self.hidden.values()))} hidden neurons)")
 
-
 def _short(xs: list, n: int = 12) -> str:
     return str(xs) if len(xs) <= n else f"[{', '.join(map(str, xs[:n]))}, ... ({len(xs)} in all)]"
-
 
 def find_modules(graph: Graph, masks: list, active: list | None = None) -> list[Module]:
     """Connected components (union-find over surviving connections) holding an input and an output, sorted
@@ -974,7 +910,6 @@ def find_modules(graph: Graph, masks: list, active: list | None = None) -> list[
         m.outputs.sort()
     return sorted(mods, key=lambda m: (m.inputs, m.outputs))
 
-
 def reach_matrices(graph: Graph, masks: list) -> list:
     """Per row, a bool (positions, inputs) matrix: which inputs (caller index; one input row) have a
     surviving path to each neuron. None for a row that no input feeds."""
@@ -986,7 +921,6 @@ def reach_matrices(graph: Graph, masks: list) -> list:
             r = (m.float() @ reach[e.src][e.src_cols()].float()) > 0
             reach[e.dst] = r if reach[e.dst] is None else reach[e.dst] | r
     return reach
-
 
 @dataclass
 class NetworkReport:
@@ -1015,7 +949,6 @@ class NetworkReport:
         lines += [f"  module {k}: {m}" for k, m in enumerate(self.modules)]
         return "\n".join(lines)
 
-
 def analyze(model: nn.Module, threshold: float = 0.0, graph: Graph | None = None) -> NetworkReport:
     """Active connections and neurons, wiring length, reachability and modules of the connections that
     survive a relative threshold (without changing the weights)."""
@@ -1040,7 +973,6 @@ def analyze(model: nn.Module, threshold: float = 0.0, graph: Graph | None = None
                          dict(sorted(outputs.items())), find_modules(graph, masks, active),
                          [r.name for r in graph.rows], [a.nonzero().flatten().tolist() for a in active], reads)
 
-
 def embedding_modules(model: nn.Module, threshold: float) -> list[list[int]]:
     """The modules of a token embedding: the embedding dims of each connected component of the network below
     the output layer (every output reads every module, so on the whole network there is one component)."""
@@ -1048,7 +980,6 @@ def embedding_modules(model: nn.Module, threshold: float) -> list[list[int]]:
         raise ValueError(f"{type(model).__name__} has no token embedding (BioMLP with vocab_size)")
     graph = network_graph(model)
     return [m.inputs for m in analyze(model, threshold, graph.upto(graph.rows[-2].name)).modules]
-
 
 @dataclass
 class Pruned:
@@ -1065,10 +996,8 @@ class Pruned:
     def __exit__(self, *exc):
         restore(self.model, self)
 
-
 def _param_names(model: nn.Module) -> dict:
     return {id(p): name for name, p in model.named_parameters()}
-
 
 def prune(model: nn.Module, threshold: float, graph: Graph | None = None) -> Pruned:
     """Zero every weight with |w| < threshold * (its layer's max |w|); `restore(model, record)` undoes it."""
@@ -1082,7 +1011,6 @@ def prune(model: nn.Module, threshold: float, graph: Graph | None = None) -> Pru
     report = analyze(model, 0.0, graph)
     return Pruned(saved, report.connections, report.neurons, model)
 
-
 def restore(model: nn.Module, record) -> None:
     """Put back the tensors saved in a `Pruned` record (or a {parameter name: tensor} dict)."""
     params, saved = dict(model.named_parameters()), getattr(record, "saved", record)
@@ -1094,7 +1022,6 @@ def restore(model: nn.Module, record) -> None:
     with torch.no_grad():
         for name, t in saved.items():
             params[name].copy_(t)
-
 
 @contextmanager
 def intervene(model: nn.Module, weights: dict | None = None, neurons: dict | None = None,
@@ -1153,10 +1080,8 @@ def intervene(model: nn.Module, weights: dict | None = None, neurons: dict | Non
             h.remove()
         restore(model, saved)
 
-
 # Circuits (Nainani 2024, arXiv:2401.03646). Ablating connection i -> j makes its BioLinear read a baseline
 # abar_i instead of a_i for that connection only: z = (W*M) a + (W*(1-M)) abar + b, M the kept connections.
-
 
 def _run(model: nn.Module, graph: Graph, x: torch.Tensor, masks: list | None = None, abar: list | None = None):
     """model(x) with the connections outside `masks` (per edge an (out, in) bool mask; None: keep all)
@@ -1177,7 +1102,6 @@ def _run(model: nn.Module, graph: Graph, x: torch.Tensor, masks: list | None = N
         for h in hooks:
             h.remove()
 
-
 def _baseline(model: nn.Module, graph: Graph, x: torch.Tensor, baseline: torch.Tensor | None) -> list:
     """Per edge, what ablated connections read: each BioLinear input's mean over the batch (1, ..., in) if
     baseline is None (mean ablation), else its value when the model runs on the corrupted batch `baseline`."""
@@ -1187,12 +1111,10 @@ def _baseline(model: nn.Module, graph: Graph, x: torch.Tensor, baseline: torch.T
         seen = _run(model, graph, x if baseline is None else baseline)[1]
     return [None if s is None else s[0].mean(0, keepdim=True) if baseline is None else s[0] for s in seen]
 
-
 def _metric(metric, y: torch.Tensor) -> torch.Tensor:
     if not (torch.is_tensor(m := metric(y)) and m.dim() == 0):
         raise ValueError(f"metric(output) must return a scalar tensor (e.g. a mean over the batch), got {m!r:.80}")
     return m
-
 
 def edge_attribution(model: nn.Module, x: torch.Tensor, metric, baseline: torch.Tensor | None = None,
                      graph: Graph | None = None) -> list:
@@ -1213,7 +1135,6 @@ def edge_attribution(model: nn.Module, x: torch.Tensor, metric, baseline: torch.
         scores[k] = (w * (g.reshape(-1, len(w)).T @ (a - abar[k]).reshape(-1, w.shape[1]))).detach().abs().cpu()
     return scores
 
-
 def _faithfulness(model: nn.Module, graph: Graph, x: torch.Tensor, metric, baseline):
     """masks -> faithfulness on x; the baseline and the full and empty circuits' metrics computed once."""
     abar = _baseline(model, graph, x, baseline)
@@ -1229,13 +1150,11 @@ def _faithfulness(model: nn.Module, graph: Graph, x: torch.Tensor, metric, basel
         raise ValueError(f"the metric is {full:.6g} for the full and the empty circuit alike: nothing to preserve")
     return lambda masks: (value(masks) - empty) / (full - empty)
 
-
 def circuit_faithfulness(model: nn.Module, masks: list, x: torch.Tensor, metric,
                          baseline: torch.Tensor | None = None, graph: Graph | None = None) -> float:
     """(m_circuit - m_empty) / (m_full - m_empty): 1 for the full model, 0 with every connection ablated.
     masks: per graph edge the (out, in) bool mask of the circuit's connections (None: identity edge)."""
     return _faithfulness(model, graph or network_graph(model), x, metric, baseline)(masks)
-
 
 @dataclass
 class Circuit:
@@ -1251,7 +1170,6 @@ class Circuit:
     def __str__(self):
         return (f"{self.method} circuit: {len(self.edges)}/{self.total} connections, faithfulness "
                 f"{self.faithfulness:.3f}, found in {self.seconds:.3g} s: {_short(self.edges, 6)}")
-
 
 def discover_circuit(model: nn.Module, x: torch.Tensor, metric, target: float = 0.9, method: str = "eap",
                      baseline: torch.Tensor | None = None, candidates: list | None = None,
@@ -1296,7 +1214,6 @@ def discover_circuit(model: nn.Module, x: torch.Tensor, metric, target: float = 
     total = sum(e.linear.weight.numel() for e in graph.edges if e.linear is not None)
     return Circuit(masks, edges, total, faith(masks), time.perf_counter() - t0, method)
 
-
 def compact(model: BioMLP, threshold: float = 0.0) -> BioMLP:
     """A smaller BioMLP computing what `model` computes after `prune(model, threshold)` (up to rounding):
     the pruned weights without the dead hidden neurons, those that read no kept neuron or feed none. One that
@@ -1335,11 +1252,7 @@ def compact(model: BioMLP, threshold: float = 0.0) -> BioMLP:
             new.dist = manhattan(new.out_coords, new.in_coords)
     return small
 
-
-# ----------------------------------------------------------------------------------------------------------
-# Plotting
-
-
+# -- Plotting ----------------------------------------------------------------------------------------
 def _connections(graph: Graph, masks: list, points: list):
     """Per edge: segments (k, 2, D) between neuron drawing positions, rgba colours (k, 4) and relative
     strengths |w| / max |w| of the layer (k,), weakest first so that strong connections are drawn on top.
@@ -1358,7 +1271,6 @@ def _connections(graph: Graph, masks: list, points: list):
         segs = torch.stack([points[e.src][e.src_cols()][i], points[e.dst][o]], 1)
         yield segs.numpy(), rgba.numpy(), rel.numpy()
 
-
 def _check_labels(graph: Graph, **labels):
     """in_labels and image must hold one entry per caller input, out_labels one per caller output."""
     for name, v in labels.items():
@@ -1366,7 +1278,6 @@ def _check_labels(graph: Graph, **labels):
         n = max(int(r.caller.max()) + 1 for r in graph.rows if r.kind == kind)
         got = v if v is None else torch.as_tensor(v).numel() if name == "image" else len(v)
         _check(got in (None, n), f"the length of {name}", got, f"{n}, one entry per {kind} of the model")
-
 
 def _touched(graph: Graph, masks: list) -> list[torch.Tensor]:
     """Per row, a bool per position: a surviving learned connection (not a residual skip) starts or ends there.
@@ -1378,17 +1289,14 @@ def _touched(graph: Graph, masks: list) -> list[torch.Tensor]:
             touched[e.dst] |= m.any(1)
     return touched
 
-
 def _neuron_colours(touched: torch.Tensor) -> list:
     return ["k" if t else "0.8" for t in touched.tolist()]
-
 
 def _row_points(row: Row, y: int, fold_offset: float) -> torch.Tensor:
     """(n, 2) drawing positions of a 1D row: x = coordinate, y = row index; the copies of a folded row are
     stacked below copy 0, the last one fold_offset lower (operand embeddings as in the paper's Fig 5)."""
     copy = torch.arange(len(row.coords)) // (len(row.coords) // row.fold)
     return torch.stack([row.coords[:, 0].float(), y - fold_offset * copy.float() / max(row.fold - 1, 1)], 1)
-
 
 def plot_network(model: nn.Module, ax=None, threshold: float = 0.0, graph: Graph | None = None,
                  in_labels=None, out_labels=None, max_lw: float = 2.0, fold_offset: float = 0.3,
@@ -1453,7 +1361,6 @@ def plot_network(model: nn.Module, ax=None, threshold: float = 0.0, graph: Graph
         ax.spines[side].set_visible(False)
     return ax
 
-
 def plot_network_3d(model: nn.Module, ax=None, threshold: float = 0.0, graph: Graph | None = None,
                     image=None, out_labels=None, max_lw: float = 1.0, neuron_size: float = 4.0,
                     cmap: str = "Greys", zoom: float = 1.1):
@@ -1498,10 +1405,8 @@ def plot_network_3d(model: nn.Module, ax=None, threshold: float = 0.0, graph: Gr
     ax.set_axis_off()
     return ax
 
-
 def _new_axes(fig, draw):
     return fig.add_subplot(projection="3d" if draw is plot_network_3d else None)
-
 
 def snapshot_recorder(snapshots: list):
     """A snapshot_fn for `train`: appends (step, copy of the state_dict) to `snapshots`."""
@@ -1509,12 +1414,10 @@ def snapshot_recorder(snapshots: list):
         snapshots.append((step, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}))
     return record
 
-
 def _snapshot(snap):
     _check(isinstance(snap, (tuple, list)) and len(snap) == 2 and isinstance(snap[1], dict), "a snapshot",
            type(snap).__name__, "a (step, state_dict) pair, as snapshot_recorder records")
     return snap
-
 
 def draw_snapshot(model: nn.Module, snapshot: tuple, ax=None, draw=None, **draw_kw):
     """Load a recorded (step, state_dict) into `model` (overwriting its weights) and draw it."""
@@ -1523,7 +1426,6 @@ def draw_snapshot(model: nn.Module, snapshot: tuple, ax=None, draw=None, **draw_
     ax = (draw or plot_network)(model, ax=ax, **draw_kw)
     ax.set_title(f"step {step}")
     return ax
-
 
 def save_gif(model: nn.Module, snapshots: list, path: str = "figures/training.gif", draw=None, fps: int = 4,
              dpi: int = 80, figsize=(6, 6), **draw_kw) -> str:
@@ -1555,7 +1457,6 @@ def save_gif(model: nn.Module, snapshots: list, path: str = "figures/training.gi
         plt.close(fig)
     return path
 
-
 def threshold_view(model: nn.Module, threshold: float, metric_fn=None, ax=None, graph: Graph | None = None,
                    draw=None, **draw_kw) -> NetworkReport:
     """Prune at `threshold`, evaluate metric_fn(model) (the task metric), draw, restore the weights, and
@@ -1565,7 +1466,6 @@ def threshold_view(model: nn.Module, threshold: float, metric_fn=None, ax=None, 
         report.metric = None if metric_fn is None else _float("metric_fn(model)", metric_fn(model))
         (draw or plot_network)(model, ax=ax, threshold=threshold, graph=graph, **draw_kw)
     return report
-
 
 def _slider_view(slider, render, figsize) -> "ipywidgets.VBox":
     """A slider above a picture and a text; render(value, fig) draws into fig and returns the text.
@@ -1593,7 +1493,6 @@ def _slider_view(slider, render, figsize) -> "ipywidgets.VBox":
     update()
     return widgets.VBox([slider, image, text])
 
-
 def threshold_explorer(model: nn.Module, metric_fn=None, graph: Graph | None = None, draw=None,
                        max_threshold: float = 1.0, figsize=(6, 6), **draw_kw):
     """An ipywidgets slider over the pruning threshold: re-draws the pruned network and shows its report."""
@@ -1605,11 +1504,7 @@ def threshold_explorer(model: nn.Module, metric_fn=None, graph: Graph | None = N
     return _slider_view(slider, lambda t, fig: threshold_view(model, t, metric_fn, _new_axes(fig, draw), graph,
                                                               draw, **draw_kw), figsize)
 
-
-# ----------------------------------------------------------------------------------------------------------
-# Training
-
-
+# -- Training ----------------------------------------------------------------------------------------
 @dataclass
 class BIMTConfig:
     """The knobs of one BIMT run. Experiments subclass it and add their shape, data sizes, etc.
@@ -1702,9 +1597,7 @@ class BIMTConfig:
         fracs = [f for f, _ in self.lam_schedule] + [self.bias_penalty_from or 0.0]
         return sorted({0, *(int(f * self.steps) for f in fracs)})
 
-
 AUTHORS_PROCEDURE = dict(swap_moves_optimizer_state=False, relocate_follow="positions")
-
 
 def _check_data(model: nn.Module, cfg: BIMTConfig, fns: dict, snapshot_every, **data) -> None:
     """Clear errors for arguments that would otherwise fail deep inside torch or train silently on the wrong
@@ -1732,7 +1625,6 @@ def _check_data(model: nn.Module, cfg: BIMTConfig, fns: dict, snapshot_every, **
                 raise ValueError(f"{name} {what} are {t.dtype} but the model trains in {cfg.dtype}; "
                                  f"convert them with .to({cfg.torch_dtype})")
 
-
 def _batch(x: torch.Tensor, y: torch.Tensor, idx, step: int) -> tuple:
     """x[idx], y[idx], or a clear error for indices that do not pick a batch of rows."""
     try:
@@ -1743,7 +1635,6 @@ def _batch(x: torch.Tensor, y: torch.Tensor, idx, step: int) -> tuple:
         raise ValueError(f"sampler({step}) returned {idx!r}; expected a non-empty 1-D tensor of row indices in "
                          f"[0, {len(x)})")
     return xb, yb
-
 
 def train(model: nn.Module, cfg: BIMTConfig, train_data: tuple, test_data: tuple, loss_fn,
           metric_fn=None, snapshot_fn=None, snapshot_every: int | None = None, progress: bool = True,
@@ -1813,13 +1704,11 @@ def train(model: nn.Module, cfg: BIMTConfig, train_data: tuple, test_data: tuple
         torch.set_num_threads(threads)
     return hist
 
-
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """Fraction of rows whose argmax equals the label."""
     _check(torch.is_tensor(labels) and labels.shape == logits.shape[:-1], "labels' shape", tuple(labels.shape),
            f"the logits' shape without the class dim, {tuple(logits.shape[:-1])}")
     return (logits.argmax(-1) == labels).float().mean().item()
-
 
 class Claims:
     """The checked facts of one notebook run. `check` prints 'name: holds', the line nbval compares, and keeps
@@ -1851,13 +1740,11 @@ class Claims:
         self._add(name, None, value)
         print(f"{name}: {value}")
 
-
 def figures_dir() -> Path:
     """figures/ beside bimt_core.py (the repository's), created if needed: where the notebooks save."""
     path = Path(__file__).resolve().parent / "figures"
     path.mkdir(exist_ok=True)
     return path
-
 
 def claim_rates(notebook: str | None = None, path=None) -> str:
     """How typical is this run? A markdown table of the seed sweep (results/claims_sweep.csv, by tests/sweep.py):
@@ -1885,7 +1772,6 @@ def claim_rates(notebook: str | None = None, path=None) -> str:
             for (nb, claim), (at, seeds) in table.items()]
     return "\n".join("| " + " | ".join(cells) + " |" for cells in [head, ["---"] * len(head), *body])
 
-
 # ----------------------------------------------------------------------------------------------------------
 # Data
 
@@ -1893,7 +1779,6 @@ MNIST_5K = Path(__file__).resolve().parent / "data" / "mnist_5k.npz"  # provenan
 MNIST_5K_SHA256 = "246e0c30eeea57c8d0037d3f38c8e00651ec204cc61b8022563e9aeeb9d756f4"
 IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-
 
 def read_idx(path) -> np.ndarray:
     """One IDX file, raw or gzip-compressed -> uint8 array of the shape its header states. Big-endian header:
@@ -1919,14 +1804,12 @@ def read_idx(path) -> np.ndarray:
                          f"({need} bytes) but the file has {len(buf)} bytes")
     return np.frombuffer(buf, np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
-
 def _find_idx(folder: Path, name: str) -> Path:
     for cand in (name, name + ".gz", name.replace("-idx", ".idx"), name.replace("-idx", ".idx") + ".gz"):
         if (folder / cand).is_file():
             return folder / cand
     raise FileNotFoundError(f"{folder}: no {name}[.gz]; an MNIST folder must hold {', '.join(IDX_NAMES)} "
                             f"(each raw or .gz)")
-
 
 def _to_tensors(images: np.ndarray, labels: np.ndarray, source) -> tuple[torch.Tensor, torch.Tensor]:
     if images.ndim != 3 or images.shape[1:] != (28, 28) or images.dtype != np.uint8:
@@ -1936,7 +1819,6 @@ def _to_tensors(images: np.ndarray, labels: np.ndarray, source) -> tuple[torch.T
                          f"{labels.dtype} {labels.shape}" + (f" with max {labels.max()}" if labels.size else ""))
     x = torch.from_numpy(images.reshape(len(images), 784).astype(np.float32) / 255.0)
     return x, torch.from_numpy(labels.astype(np.int64))
-
 
 def load_mnist(path=None, n_test: int = 1000, seed: int = 0):
     """MNIST -> (x_train, y_train, x_test, y_test): float32 pixels in [0, 1] of shape (N, 784), row-major 28x28

@@ -1,14 +1,10 @@
-"""Brain-Inspired Modular Training (BIMT), the core.
-
-Liu, Gan, Tegmark (2023), "Seeing is Believing: Brain-Inspired Modular Training for Mechanistic
-Interpretability", arXiv:2305.08746.
+"""Brain-Inspired Modular Training (BIMT), the core of Liu, Gan, Tegmark (2023), "Seeing is Believing:
+Brain-Inspired Modular Training for Mechanistic Interpretability", arXiv:2305.08746.
 
 Every neuron has a position in space. The loss pays for each connection in proportion to its length
 (`connection_cost`), and every few hundred steps neurons of a layer exchange places when that lowers the
-cost (`relocate`); a swap permutes weights, never the function the network computes.
-
-Read top to bottom: input checks -> geometry -> layers -> models -> cost -> swapping -> analysis -> plotting ->
-training -> data.
+cost (`relocate`); a swap permutes weights, never the function the network computes. Top to bottom:
+input checks -> geometry -> layers -> models -> cost -> swapping -> analysis -> plotting -> training -> data.
 """
 from __future__ import annotations
 
@@ -73,15 +69,10 @@ def _dtype(dtype):
 
 # -- Geometry ----------------------------------------------------------------------------------------
 def neuron_coords(n: int, geometry: str = "line", fold: int = 1, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Positions of the n neurons of one layer, shape (n, 1) for 'line' and (n, 2) for 'grid' and 'ring'.
-
-    A layer with fold f is f stacked copies of n/f neurons (e.g. the concatenated embeddings of a and b, or
-    q|k|v): the n/f positions repeat f times, so copy c of unit u sits where unit u does.
-    - line: unit k of m at x = (2k+1)/(2m) on [0, 1];
-    - grid: m must be a square s*s; unit k at column k % s, row k // s, cell centres on [0, 1]^2;
-    - ring: m units on a circle of radius 1/4 centred at (0.5, 0.5), unit k at angle 2 pi (2k+1)/(2m), the
-      angular cell centres (the MNIST outputs, as in the authors' code).
-    """
+    """Positions of the n neurons of one layer, (n, 1) for 'line', (n, 2) for 'grid' and 'ring'. A layer with
+    fold f is f stacked copies of m = n/f units (the a|b embeddings, q|k|v): copy c of unit k sits where k does.
+    line: unit k at x = (2k+1)/(2m) on [0, 1]; grid (m = s*s): column k % s, row k // s, cell centres on
+    [0, 1]^2; ring: angle 2 pi (2k+1)/(2m) on a circle of radius 1/4 about (0.5, 0.5) (MNIST's outputs)."""
     _check(_is_int(n), "layer width", n, "a positive integer")
     _check(_is_int(fold) and n % fold == 0, "fold", fold, f"a positive integer dividing the layer width {n}")
     m = n // fold
@@ -110,13 +101,9 @@ def manhattan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 # -- Layers ------------------------------------------------------------------------------------------
 class BioLinear(nn.Linear):
-    """nn.Linear whose input and output neurons carry coordinates (buffers, not learned).
-
-    `dist` (out, in) holds every connection's length, computed once from the coordinates. Neurons never
-    move: a swap exchanges the weights of two positions, so coordinates and distances stay fixed.
-    Coordinates and lengths follow the weights' dtype: `.double()` recomputes them in float64 rather than
-    casting float32 values (whose rounding, ~1e-7, would exceed the swap pass's tie tolerance).
-    """
+    """nn.Linear whose input and output neurons carry coordinates (buffers), and `dist` (out, in), every
+    connection's length. Neurons never move: a swap exchanges weights. Coordinates follow the weights' dtype,
+    recomputed by `.double()`, not cast (float32 rounding, ~1e-7, would exceed the swap pass's tie tolerance)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, in_geometry: str = "line",
                  out_geometry: str = "line", in_fold: int = 1, out_fold: int = 1,
@@ -176,11 +163,8 @@ class BioLinear(nn.Linear):
         self.dist = manhattan(self.out_coords, self.in_coords)  # coordinates may have been replaced
 
 class Member(NamedTuple):
-    """A tensor slice owned by the units of a NeuronLayer: unit u owns entries index[:, u] of
-    getattr(module, attr) along dim (index (copies, n_units); copies > 1 for folds and for heads).
-    role 'incoming': a BioLinear weight whose rows are the unit's incoming connections; 'outgoing': one whose
-    columns are its outgoing connections; 'embedding': a token embedding feeding the unit; None: carried
-    along (biases, permutations, LayerNorm parameters)."""
+    """Unit u of a NeuronLayer owns entries index[:, u] (index (copies, n_units)) of getattr(module, attr) along
+    dim. role: 'incoming' / 'outgoing', a BioLinear weight's rows / columns; 'embedding'; None: carried along."""
     module: nn.Module
     attr: str
     dim: int
@@ -189,8 +173,7 @@ class Member(NamedTuple):
 
 @dataclass
 class NeuronLayer:
-    """One layer of swappable units and every tensor slice that belongs to each unit (`members`).
-    fixed: the units never move (e.g. MNIST pixels)."""
+    """One layer of swappable units and the tensor slices each owns (`members`); fixed: never moved (pixels)."""
     name: str
     n_units: int
     members: list = field(default_factory=list)
@@ -200,7 +183,6 @@ class NeuronLayer:
         _int(f"neuron layer {self.name!r}: n_units", self.n_units)
 
     def add(self, module: nn.Module, attr: str, dim: int, index: torch.Tensor, role: str | None = None):
-        """Checked here, where a custom model makes its mistakes, rather than deep inside a swap."""
         t, index, where = getattr(module, attr, None), torch.as_tensor(index), f"{self.name!r}: {type(module).__name__}"
         _check(torch.is_tensor(t) and _is_int(dim, 0, t.dim()), f"neuron layer {where}.{attr}: dim", dim,
                "a dim of a tensor attribute")
@@ -229,9 +211,8 @@ def fold_index(n: int, fold: int) -> torch.Tensor:
     return torch.arange(n).view(fold, n // fold)
 
 class Edge(NamedTuple):
-    """`linear` reads row src and writes row dst. cols[j]: the src position that the linear's input j reads
-    (None: the whole row, in order). linear None: an identity (a residual skip) between rows of one width,
-    drawn grey, never pruned and not counted as a connection."""
+    """`linear` reads row src and writes row dst; cols[j]: the src position its input j reads (None: all, in
+    order). linear None: an identity (a residual skip), drawn grey, never pruned, not counted as a connection."""
     name: str
     linear: BioLinear | None
     src: int
@@ -243,10 +224,9 @@ class Edge(NamedTuple):
 
 @dataclass
 class Row:
-    """One row of neurons as analysis and drawing see it. coords (n, d); kind 'input', 'hidden' or 'output';
-    unit[p]: the unit at position p (default p mod n/fold: the fold copies of an embedding dim or of a
-    q|k|v channel are one unit); caller[p]: the caller's index of the input or output at position p
-    (the model's in_perm / out_perm; None for hidden rows)."""
+    """One row of neurons as analysis and drawing see it. coords (n, d); unit[p]: the unit at position p
+    (default p mod n/fold: fold copies are one unit); caller[p]: the caller's index of the input or output at
+    position p (in_perm / out_perm; None for hidden rows)."""
     name: str
     coords: torch.Tensor
     kind: str = "hidden"
@@ -270,13 +250,11 @@ class Row:
 
 @dataclass
 class Graph:
-    """Rows of neurons (bottom to top) and the edges between them; what analysis and plotting walk.
-    Edges are listed so that every row is written before it is read."""
+    """Rows of neurons (bottom to top) and the edges between them, each row written before it is read."""
     rows: list
     edges: list
 
     def __post_init__(self):
-        """Checks what analysis and drawing rely on, naming the row or edge at fault (a custom graph())."""
         self.edges, rows = [Edge(*e) for e in self.edges], self.rows
         kinds, n = [r.kind for r in rows], [len(r.unit) for r in rows]
         _check(kinds.count("input") == 1 and "output" in kinds, "a graph's row kinds", kinds,
@@ -305,8 +283,7 @@ class Graph:
         return names.index(row)
 
     def upto(self, name: str) -> "Graph":
-        """The network below and including row `name`, which becomes the output row (its positions are
-        its outputs): e.g. the modules of an embedding are those of graph.upto(last hidden row)."""
+        """The network up to row `name`, which becomes the output row (e.g. to find an embedding's modules)."""
         k = self.index(name)
         top = Row(name, self.rows[k].coords, "output", self.rows[k].fold, torch.arange(len(self.rows[k].coords)))
         return Graph(self.rows[:k] + [top], [e for e in self.edges if e.dst <= k])
@@ -320,14 +297,11 @@ def _activation(name: str):
 
 # -- Models ------------------------------------------------------------------------------------------
 class SwappableModel(nn.Module):
-    """A model BIMT can train, swap, analyse and draw. It describes itself twice over the same neurons:
-    - neuron_layers(): the swappable layers, input first, and every tensor slice each unit owns (what a
-      swap moves and what the connection cost of a placement reads);
-    - graph(): the rows of neurons and the BioLinears between them (what analysis and drawing walk).
-    Both are built on demand from the current tensors. A subclass with embed(x) (caller inputs -> input-row
-    activations in position order), forward_internal(h, record) (position order in and out; appends every
-    row's activations to record) and an out_perm buffer gets forward() and activations(). BioMLP and
-    BioTransformer are the examples; tests/test_custom_model.py shows a third."""
+    """A model BIMT can train, swap, analyse and draw, described twice over the same neurons, on demand:
+    neuron_layers() (what a swap moves) and graph() (what analysis and drawing walk). A subclass with embed(x)
+    (caller inputs -> input-row activations), forward_internal(h, record) (position order in and out; appends
+    every row's activations to record) and an out_perm buffer gets forward() and activations()
+    (tests/test_custom_model.py shows one beside BioMLP and BioTransformer)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # index_select, not [..., perm]: on CPU the backward of advanced indexing is an accumulating
@@ -346,18 +320,11 @@ class SwappableModel(nn.Module):
         swap_units(self, layer, j, k, optimizer)
 
 class BioMLP(SwappableModel):
-    """The MLPs of the paper: shape [n0, n1, ..., nL] of BioLinear layers with an activation in between.
-
-    geometry:     'line' (1D) or 'grid' (2D) for the input and hidden layers.
-    out_geometry: geometry of the output layer, default the same; 'ring' puts MNIST's outputs on a circle.
-    in_fold:      the input layer is in_fold stacked copies (concatenated operand embeddings).
-    vocab_size:   if set, the input is in_fold tokens per example, embedded by a learned (vocab, n0 / in_fold)
-                  table and concatenated: x (B, in_fold) long -> concat(E[x[:, 0]], E[x[:, 1]], ...).
-    fix_inputs:   input neurons are never swapped (pixels keep their place).
-
-    in_perm[p] is the caller's input feature sitting at input position p, out_perm[p] the caller's output at
-    output position p; swaps update them so the caller always sees the original order.
-    """
+    """The MLPs of the paper: BioLinear layers of widths shape = [n0, ..., nL], an activation in between.
+    geometry: 'line' or 'grid' for the input and hidden layers; out_geometry (default the same) e.g. 'ring'.
+    vocab_size: x is (B, in_fold) long tokens, embedded by a learned (vocab, n0 / in_fold) table and concatenated.
+    fix_inputs: input neurons are never swapped (pixels). in_perm[p] / out_perm[p]: the caller's input / output
+    at position p; swaps update them, so the caller always sees the original order."""
 
     def __init__(self, shape, geometry: str = "line", out_geometry: str | None = None, in_fold: int = 1,
                  vocab_size: int | None = None, activation: str = "silu", fix_inputs: bool = False,
@@ -380,13 +347,10 @@ class BioMLP(SwappableModel):
         self.linears = nn.ModuleList(
             BioLinear(shape[i], shape[i + 1], bias, geos[i], geos[i + 1], folds[i], folds[i + 1], generator, dtype)
             for i in range(len(shape) - 1))
-        if vocab_size is not None:
-            self.embedding = nn.Parameter(torch.randn(vocab_size, shape[0] // in_fold, generator=generator,
-                                                      dtype=dtype))
-            self.register_buffer("in_perm", None)  # tokens are not features: nothing to permute
-        else:
-            self.embedding = None
-            self.register_buffer("in_perm", torch.arange(shape[0]))
+        self.embedding = None if vocab_size is None else nn.Parameter(
+            torch.randn(vocab_size, shape[0] // in_fold, generator=generator, dtype=dtype))
+        # tokens are not features: nothing to permute
+        self.register_buffer("in_perm", torch.arange(shape[0]) if vocab_size is None else None)
         self.register_buffer("out_perm", torch.arange(shape[-1]))
 
     @property
@@ -421,20 +385,19 @@ class BioMLP(SwappableModel):
         return h
 
     def neuron_layers(self) -> list[NeuronLayer]:
-        """The swappable layers, input first. Built on demand: they reference the current tensors."""
-        n = len(self.linears)
-        layers = []
-        for i in range(n + 1):
+        """The swappable layers, input first, referencing the current tensors."""
+        n, layers = len(self.linears), []
+        for i, width in enumerate(self.shape):
             fold = self.in_fold if i == 0 else 1
-            idx = fold_index(self.shape[i], fold)
-            name = "input" if i == 0 else ("output" if i == n else f"hidden{i}")
-            layer = NeuronLayer(name, self.shape[i] // fold, fixed=(i == 0 and self.fix_inputs))
-            if i == 0 and self.embedding is not None:
-                layer.add(self, "embedding", 1, idx[:1], "embedding")
-            elif i == 0:
-                layer.add(self, "in_perm", 0, idx)
-            else:
+            idx = fold_index(width, fold)
+            layer = NeuronLayer("input" if i == 0 else "output" if i == n else f"hidden{i}", width // fold,
+                                fixed=i == 0 and self.fix_inputs)
+            if i > 0:
                 layer.incoming(self.linears[i - 1], idx)
+            elif self.embedding is not None:
+                layer.add(self, "embedding", 1, idx[:1], "embedding")
+            else:
+                layer.add(self, "in_perm", 0, idx)
             if i < n:
                 layer.outgoing(self.linears[i], idx)
             else:
@@ -443,27 +406,19 @@ class BioMLP(SwappableModel):
         return layers
 
     def graph(self) -> "Graph":
-        """The chain input -> hidden1 -> ... -> output, rows named as in `neuron_layers`. With an embedding
-        the input row's units are the embedding dims (the fold copies of dim d are one unit, named d)."""
-        lins, n = self.linears, len(self.linears)
-        first = lins[0]
-        if self.embedding is None:
-            inp = Row("input", first.in_coords, "input", first.in_fold, caller=self.in_perm,
-                      unit=torch.arange(self.shape[0]))
-        else:  # the caller's input p is embedding dim p: its fold copies are one unit
-            inp = Row("input", first.in_coords, "input", first.in_fold,
-                      caller=torch.arange(self.shape[0]) % (self.shape[0] // first.in_fold))
-        rows = [inp] + [Row(f"hidden{i}", lins[i].in_coords) for i in range(1, n)]
+        """The chain input -> hidden1 -> ... -> output, rows named as in `neuron_layers`."""
+        lins, n, n0 = self.linears, len(self.linears), self.shape[0]
+        # with an embedding, the caller's input p is embedding dim p, and its fold copies are one unit
+        caller, unit = (self.in_perm, torch.arange(n0)) if self.embedding is None else (
+            torch.arange(n0) % (n0 // self.in_fold), None)
+        rows = [Row("input", lins[0].in_coords, "input", self.in_fold, caller, unit)]
+        rows += [Row(f"hidden{i}", lins[i].in_coords) for i in range(1, n)]
         rows.append(Row("output", lins[-1].out_coords, "output", caller=self.out_perm))
         return Graph(rows, [(f"linears.{i}", lin, i, i + 1) for i, lin in enumerate(lins)])
 
 class BioBlock(nn.Module):
-    """One transformer block on a (B, T, d_model) residual stream: x + attn(ln1(x)), then x + mlp(ln2(x)).
-
-    Causal multi-head self-attention with q|k|v as one BioLinear (d_model -> 3 d_model, out_fold 3, so the
-    q, k and v of channel c sit at the same place); head h owns channels [h dh, (h+1) dh) of each of q, k, v.
-    The MLP is d_model -> d_mlp -> d_model with GELU. ln1, ln2 are nn.Identity without layer_norm.
-    """
+    """One block on a (B, T, d_model) residual stream: x + attn(ln1(x)), then x + mlp(ln2(x)). q|k|v is one
+    BioLinear with out_fold 3 (channel c's q, k, v at one place); head h owns channels [h dh, (h+1) dh)."""
 
     def __init__(self, d_model: int, n_heads: int, d_mlp: int, layer_norm: bool, bias: bool,
                  generator: torch.Generator | None, dtype: torch.dtype | None = None, activation: str = "gelu"):
@@ -498,20 +453,11 @@ class BioBlock(nn.Module):
         return self.mlp_out(h)
 
 class BioTransformer(SwappableModel):
-    """The transformer of Fig 7: input linear in_dim -> d_model, n_blocks BioBlocks, output linear
-    d_model -> out_dim; no token or positional embedding, so any sequence length works.
-    x (B, T, in_dim) -> (B, T, out_dim). Every linear is a BioLinear on a line.
-
-    layer_norm: pre-norm LayerNorms in each block and before the output linear. Off by default: the paper's
-    released run defined them but left them out of the forward pass.
-
-    Swaps keep the function: a residual-stream neuron moves in every linear that writes to the stream (input
-    linear, attention outputs, MLP outputs) or reads from it (q|k|v, MLP inputs, output linear) and in every
-    LayerNorm; a head moves as a whole (its q, k, v rows and attention-output columns); a neuron inside a
-    head moves in q, k and v together, which keeps q.k and the value it carries. in_perm / out_perm keep the
-    caller's feature order along the last dim, as in BioMLP.
-    activation: of the MLPs; 'gelu_tanh' is the tanh approximation of the authors' code.
-    """
+    """The transformer of Fig 7, x (B, T, in_dim) -> (B, T, out_dim): a BioLinear in_dim -> d_model, n_blocks
+    BioBlocks, a BioLinear d_model -> out_dim; no token or positional embedding. layer_norm: pre-norm
+    LayerNorms (off, as in the paper's released run). activation: the MLPs'; 'gelu_tanh' as the authors'.
+    Swaps keep the function: a residual neuron moves in every linear and LayerNorm of the stream, a head as a
+    whole, a channel of a head in q, k and v together. in_perm / out_perm as in BioMLP."""
 
     def __init__(self, in_dim: int, out_dim: int, d_model: int = 32, n_blocks: int = 2, n_heads: int = 1,
                  d_mlp: int = 128, layer_norm: bool = False, bias: bool = True, activation: str = "gelu",
@@ -1772,8 +1718,7 @@ def claim_rates(notebook: str | None = None, path=None) -> str:
             for (nb, claim), (at, seeds) in table.items()]
     return "\n".join("| " + " | ".join(cells) + " |" for cells in [head, ["---"] * len(head), *body])
 
-# ----------------------------------------------------------------------------------------------------------
-# Data
+# -- Data --------------------------------------------------------------------------------------------
 
 MNIST_5K = Path(__file__).resolve().parent / "data" / "mnist_5k.npz"  # provenance: data/README.md
 MNIST_5K_SHA256 = "246e0c30eeea57c8d0037d3f38c8e00651ec204cc61b8022563e9aeeb9d756f4"

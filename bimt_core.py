@@ -504,9 +504,8 @@ class BioTransformer(SwappableModel):
         return y
 
     def neuron_layers(self) -> list[NeuronLayer]:
-        """'input', 'residual', then per block b 'block{b}.heads' (units: heads), 'block{b}.head{h}' (units:
-        channels of head h) and 'block{b}.mlp_hidden', then 'output'. No BioLinear is both incoming and
-        outgoing to one layer, so `relocate`'s separable swap cost applies."""
+        """'input', 'residual', per block b 'block{b}.heads', 'block{b}.head{h}' (its channels) and
+        'block{b}.mlp_hidden', then 'output'; no BioLinear is on both sides of one layer (see `relocate`)."""
         d, nh, dh = self.d_model, self.n_heads, self.d_model // self.n_heads
         inp = NeuronLayer("input", self.in_dim)
         inp.add(self, "in_perm", 0, fold_index(self.in_dim, 1))
@@ -547,11 +546,8 @@ class BioTransformer(SwappableModel):
         return layers + [out]
 
     def graph(self) -> "Graph":
-        """Rows input, embed (the residual stream after the input linear), then per block b: attention{b}
-        (q|k|v, three stacked copies of the head channels; a channel's q, k, v are one unit, as in
-        `neuron_layers`), residual, mlp{b} (hidden units), residual; then output. The attention output
-        linear reads the v copy (attention mixes positions, never channels). Residual skips are identity
-        edges."""
+        """Rows input, embed, per block b attention{b} (q|k|v, fold 3), residual, mlp{b}, residual, then output.
+        attn_out reads the v copy (attention mixes positions, never channels); residual skips are identities."""
         d = self.d_model
         rows = [Row("input", self.embed_in.in_coords, "input", caller=self.in_perm,
                     unit=torch.arange(self.in_dim)), Row("embed", self.embed_in.out_coords)]
@@ -584,9 +580,8 @@ def _cost_args(weight_factor, l0, agg, **flags):
 def cost_terms(model: nn.Module, weight_factor: float = 1.0, l0: float = 0.1, agg: str = "sum",
                bias_penalty: bool = False, embedding_penalty: bool = False,
                last_layer_l0_only: bool = False) -> list:
-    """The connection cost as terms (tensor, coef, factor), each worth factor * sum(|tensor| * coef)
-    (coef None: 1). A BioLinear weight W_ij has coef A * d_ij + l0. Computed once per training phase and
-    reused at every step: the coefficients only depend on positions, which never move."""
+    """The connection cost as terms (tensor, coef, factor) worth factor * sum(|tensor| * coef) (coef None: 1);
+    W_ij's coef is A d_ij + l0. Positions never move, so `train` builds them once per phase."""
     _cost_args(weight_factor, l0, agg, bias_penalty=bias_penalty, embedding_penalty=embedding_penalty,
                last_layer_l0_only=last_layer_l0_only)
     lins, terms = _linears(model), []
@@ -615,12 +610,9 @@ def sum_terms(terms: list) -> torch.Tensor:
 def connection_cost(model: nn.Module, weight_factor: float = 1.0, l0: float = 0.1, agg: str = "sum",
                     bias_penalty: bool = False, embedding_penalty: bool = False,
                     last_layer_l0_only: bool = False) -> torch.Tensor:
-    """agg_ij |W_ij| (A d_ij + l0) summed over every BioLinear, + agg |b| l0 with bias_penalty,
-    + agg |E| l0 for the token embedding with embedding_penalty. A scalar tensor with gradients.
-
-    agg 'sum' adds every term; 'mean' averages within each tensor (the paper's setting for Fig 5-8).
-    last_layer_l0_only: the last BioLinear pays l0 * |w| only, without the distance term (MNIST).
-    """
+    """Scalar tensor: agg_ij |W_ij| (A d_ij + l0) over every BioLinear, + agg |b| l0 with bias_penalty, + agg |E|
+    l0 with embedding_penalty. agg 'sum', or 'mean' within each tensor (Fig 5-8). last_layer_l0_only: the last
+    BioLinear pays l0 |w| only (MNIST)."""
     return sum_terms(cost_terms(model, weight_factor, l0, agg, bias_penalty, embedding_penalty,
                                 last_layer_l0_only))
 
@@ -656,10 +648,8 @@ def _with_state(t: torch.Tensor, optimizer: torch.optim.Optimizer | None) -> lis
 
 def permute_units(model: nn.Module, layer, perm: torch.Tensor,
                   optimizer: torch.optim.Optimizer | None = None) -> None:
-    """Rearrange the units of `layer` (index, name or NeuronLayer): position p receives the unit now at
-    perm[p]. Moves every member tensor, and with an optimizer its per-parameter state (e.g. Adam's moments)
-    too, so that training goes on as if nothing had moved (without one, the moments stay at their
-    positions, as in the authors' code). One gather per tensor, whatever the number of swaps."""
+    """Position p of `layer` (index, name or NeuronLayer) receives the unit now at perm[p]: every member tensor
+    moves, and the optimizer's per-parameter state if given (else it stays, as in the authors' code)."""
     nl, optimizer = _get_layer(model, layer), _optimizer(optimizer)
     if nl.fixed:
         raise ValueError(f"neuron layer {nl.name!r} is fixed (fix_inputs=True); its neurons cannot be swapped")
@@ -698,10 +688,8 @@ def neuron_scores(nl: NeuronLayer) -> torch.Tensor:
     return score
 
 def placement_costs(nl: NeuronLayer, coefs: dict) -> torch.Tensor:
-    """coefs: {weight tensor: (coef, factor)} of `cost_terms`.
-    P[a, p] = connection cost of the weights of the unit now at position a if it sat at position p
-    (float64, shape (n_units, n_units)). Swapping j and k changes the total cost by
-    P[j, k] + P[k, j] - P[j, j] - P[k, k]: one matrix product per BioLinear scores every candidate."""
+    """P (n_units, n_units) float64: P[a, p] the cost of the unit at a if it sat at p (coefs: {weight: (coef,
+    factor)} of `cost_terms`). Swapping j, k changes the cost by P[j, k] + P[k, j] - P[j, j] - P[k, k]."""
     P = torch.zeros(nl.n_units, nl.n_units, dtype=torch.float64)
     sides = {"incoming": set(), "outgoing": set()}
     for m in nl.members:
@@ -722,19 +710,11 @@ SWAP_TOL = 1e-9  # a swap must lower the cost by more than this fraction of the 
 
 def relocate(model: nn.Module, top_k: int, optimizer: torch.optim.Optimizer | None = None,
              follow: str = "neurons", **cost_kwargs) -> int:
-    """The paper's greedy swap pass; returns the number of swaps made.
-
-    For each neuron layer in order (fixed layers skipped), rank units by `neuron_scores`, take the top_k, and
-    for each in turn find the partner whose swap gives the lowest total connection cost; swap if that lowers
-    the cost by more than SWAP_TOL of the total (exact ties, e.g. output swaps when the last layer pays l0
-    only, would otherwise be decided by rounding). This chooses exactly what recomputing `connection_cost`
-    for every candidate would (tests/test_core.py checks it against that brute force), at the price of one
-    small matrix product per layer.
-    follow: 'neurons' visits each ranked unit wherever earlier swaps moved it; 'positions' visits the
-    positions the ranked units held when ranked, whichever unit sits there by then (the authors' code).
-    optimizer: its per-parameter state moves with the units (None: it stays at its positions).
-    cost_kwargs: those of `connection_cost` (biases and embeddings do not depend on position).
-    """
+    """The paper's greedy swap pass; returns the number of swaps. Per unfixed neuron layer, each of the top_k
+    units by `neuron_scores` swaps with the partner that lowers `connection_cost(**cost_kwargs)` most, if by more
+    than SWAP_TOL of the total (ties are no swaps); the same choice as brute force (tests/test_core.py).
+    follow: 'neurons' visits each ranked unit where earlier swaps moved it, 'positions' the positions they held
+    when ranked (the authors' code). optimizer: its state moves with the units (see `permute_units`)."""
     _int("top_k (units tried per layer)", top_k, 0), _choice("follow", follow, ("neurons", "positions"))
     optimizer, layers, terms = _optimizer(optimizer), _neuron_layers(model), cost_terms(model, **cost_kwargs)
     with torch.no_grad():
@@ -789,9 +769,8 @@ def surviving(graph: Graph, threshold: float = 0.0) -> list[torch.Tensor]:
     return masks
 
 def active_neurons(graph: Graph, masks: list) -> list[torch.Tensor]:
-    """Per row, a bool per unit. A neuron is active if it keeps at least one incoming and one outgoing
-    connection; inputs need only an outgoing one, outputs only an incoming one. Folded copies of an
-    embedded input count as one unit, active if any copy is."""
+    """Per row, a bool per unit: it keeps an incoming and an outgoing connection (inputs only need the
+    outgoing, outputs the incoming); a unit is active if any of its fold copies is."""
     has_in = [torch.zeros(len(r.coords), dtype=torch.bool) for r in graph.rows]
     has_out = [torch.zeros(len(r.coords), dtype=torch.bool) for r in graph.rows]
     for e, m in zip(graph.edges, masks):
@@ -972,16 +951,10 @@ def restore(model: nn.Module, record) -> None:
 @contextmanager
 def intervene(model: nn.Module, weights: dict | None = None, neurons: dict | None = None,
               embedding_dims=None, value: float = 0.0, graph: Graph | None = None):
-    """Within the block, set chosen weights, neuron activations or embedding dimensions to `value`
-    (0: knock-out); everything is restored on exit, also when the block raises.
-
-    weights:        {edge index: bool mask (out, in) or (rows, cols) index} of graph edges (BioMLP: linears).
-    neurons:        {row name or index: positions}, internal order as drawn; a neuron's activation is
-                    replaced by `value` where BioLinears read it (hooks; an identity edge still carries
-                    the original value) and, for outputs, where they are written. Positions
-                    of a folded input row name units: all copies are set.
-    embedding_dims: columns of model.embedding set to `value` for every token.
-    """
+    """Within the block, set weights, neuron activations or embedding dims to `value` (0: knock-out); all is
+    restored on exit. weights: {edge index: (out, in) bool mask or index}. neurons: {row name or index:
+    positions (units of a folded row)}, replaced where BioLinears read them (an identity edge still carries
+    the original) and where outputs are written. embedding_dims: columns of model.embedding."""
     graph = network_graph(model, graph)
     rows, names, saved, hooks = graph.rows, _param_names(model), {}, []
     _check(isinstance(value, numbers.Real) and not isinstance(value, bool), "value", value, "a number")
@@ -1064,11 +1037,9 @@ def _metric(metric, y: torch.Tensor) -> torch.Tensor:
 
 def edge_attribution(model: nn.Module, x: torch.Tensor, metric, baseline: torch.Tensor | None = None,
                      graph: Graph | None = None) -> list:
-    """Edge attribution patching: per graph edge an (out, in) tensor (None: identity edge) of scores
-    |sum over batch and positions of (a_i - abar_i) W_ji dmetric/dz_j|, the first-order change of the metric
-    when connection i -> j alone is ablated. metric(output) -> scalar tensor, e.g. the mean correct-class
-    log-prob; not one at its optimum (the MSE to the model's own output: every score is 0). baseline: None
-    (mean ablation) or a corrupted batch shaped like x."""
+    """Edge attribution patching: per graph edge an (out, in) tensor (None: identity) of |sum over batch and
+    positions of (a_i - abar_i) W_ji dmetric/dz_j|, the first-order effect of ablating i -> j alone.
+    metric(output) -> scalar tensor, not at its optimum; baseline: None (mean ablation) or a corrupted x."""
     graph = graph or network_graph(model)
     abar = _baseline(model, graph, x, baseline)
     with torch.enable_grad():
@@ -1120,11 +1091,9 @@ class Circuit:
 def discover_circuit(model: nn.Module, x: torch.Tensor, metric, target: float = 0.9, method: str = "eap",
                      baseline: torch.Tensor | None = None, candidates: list | None = None,
                      graph: Graph | None = None) -> Circuit:
-    """A small circuit with `circuit_faithfulness` >= target. 'eap': the fewest top connections by
-    `edge_attribution`; 'acdc': from all candidates, visiting edges from the output side, drop each connection
-    whose removal keeps the target (a forward pass each). candidates: per edge (out, in) bool masks of what may
-    be kept (default: non-zero weights; `surviving(graph, 0.01)` speeds ACDC up); the rest is always ablated.
-    If all candidates together miss the target, all are returned."""
+    """A small circuit with `circuit_faithfulness` >= target (else all candidates). 'eap': the fewest top
+    connections by `edge_attribution`; 'acdc': from the output side, drop each connection whose removal keeps
+    the target. candidates: per edge (out, in) bool masks of what may be kept (default: non-zero weights)."""
     if method not in ("eap", "acdc"):
         raise ValueError(f"unknown method {method!r}; expected 'eap' or 'acdc'")
     if not 0 < target <= 1:
@@ -1161,10 +1130,8 @@ def discover_circuit(model: nn.Module, x: torch.Tensor, metric, target: float = 
     return Circuit(masks, edges, total, faith(masks), time.perf_counter() - t0, method)
 
 def compact(model: BioMLP, threshold: float = 0.0) -> BioMLP:
-    """A smaller BioMLP computing what `model` computes after `prune(model, threshold)` (up to rounding):
-    the pruned weights without the dead hidden neurons, those that read no kept neuron or feed none. One that
-    reads nothing still feeds act(bias) forward: that constant is folded into the next layer's bias (so the
-    result has biases). Inputs, outputs, their order, embedding and kept neurons' coordinates are unchanged."""
+    """A smaller BioMLP computing `model` after `prune(model, threshold)` (up to rounding), without the hidden
+    neurons that read no kept neuron (their constant act(bias) folded into the next bias) or feed none."""
     if not isinstance(model, BioMLP):
         raise TypeError(f"compact supports BioMLP (embeddings, folds, grids and rings included), not "
                         f"{type(model).__name__}")
@@ -1200,9 +1167,8 @@ def compact(model: BioMLP, threshold: float = 0.0) -> BioMLP:
 
 # -- Plotting ----------------------------------------------------------------------------------------
 def _connections(graph: Graph, masks: list, points: list):
-    """Per edge: segments (k, 2, D) between neuron drawing positions, rgba colours (k, 4) and relative
-    strengths |w| / max |w| of the layer (k,), weakest first so that strong connections are drawn on top.
-    Blue is positive, red negative; alpha is the relative strength. Identity edges are thin and grey."""
+    """Per edge: segments (k, 2, D), rgba (k, 4) (blue +, red -, alpha |w| / max |w|; identities grey) and
+    |w| / max |w| (k,), weakest first so that strong connections are drawn on top."""
     for e, m in zip(graph.edges, masks):
         lin = e.linear
         w = m.float() if lin is None else lin.weight.detach().cpu().float()
@@ -1248,19 +1214,12 @@ def plot_network(model: nn.Module, ax=None, threshold: float = 0.0, graph: Graph
                  in_labels=None, out_labels=None, max_lw: float = 2.0, fold_offset: float = 0.3,
                  neuron_size: float = 12.0, masks: list | None = None, in_colors=None,
                  copy_labels: dict | None = None):
-    """Draw a 1D network as in the paper: neurons as dots at (coordinate, row), rows bottom to top, one
-    segment per connection with |w| >= threshold * max |w| of its layer, width and alpha proportional to
-    |w| / max |w|, blue positive, red negative. Each layer is one LineCollection (fast for 10^5 lines).
-    Neurons that no drawn connection touches (residual skips aside) are light grey. neuron_size: the dots'
-    area in points^2, reduced on rows too dense for it (e.g. the 128 hidden units of a transformer MLP).
-
-    in_labels / out_labels: the caller's names of the inputs / outputs in the caller's order; they follow
-    in_perm / out_perm, so a label stays with its neuron after swaps. masks: per graph edge an (out, in) bool
-    mask (e.g. `Circuit.masks`): only those connections are drawn (None: the edge as usual). in_colors: a matplotlib colour per
-    input, in the caller's order (e.g. by module), for every copy of its dot; it follows in_perm too.
-    copy_labels: {row name: a tick label per fold copy} gives each copy of a folded row its own tick (e.g. the
-    a and b operand embeddings) instead of one tick for the row. Returns the axes.
-    """
+    """Draw a 1D network as in the paper and return the axes: dots at (coordinate, row), rows bottom to top, a
+    segment per connection with |w| >= threshold * max |w| of its layer (width and alpha ~ |w| / max |w|, blue
+    positive, red negative), untouched neurons light grey. neuron_size: dot area (points^2), smaller on dense
+    rows. in_labels / out_labels / in_colors: per caller input / output, following in_perm / out_perm. masks:
+    per edge an (out, in) bool mask of what to draw (e.g. `Circuit.masks`). copy_labels: {row: a tick per
+    fold copy}."""
     import matplotlib.pyplot as plt
     from matplotlib.collections import LineCollection
 
@@ -1310,11 +1269,8 @@ def plot_network(model: nn.Module, ax=None, threshold: float = 0.0, graph: Graph
 def plot_network_3d(model: nn.Module, ax=None, threshold: float = 0.0, graph: Graph | None = None,
                     image=None, out_labels=None, max_lw: float = 1.0, neuron_size: float = 4.0,
                     cmap: str = "Greys", zoom: float = 1.1):
-    """Draw a 2D network (MNIST's grids and output ring) in 3D: row k is the plane z = k, connections as in
-    `plot_network` (one Line3DCollection per layer), neurons that no drawn connection touches in light grey,
-    each row's name beside its plane. image: the caller's input values (e.g. a 28x28 digit), shown on the input
-    plane at each pixel's position (through in_perm). zoom: of the box within the axes (matplotlib leaves wide
-    margins around a 3D box). Returns the 3D axes."""
+    """Draw a 2D network (MNIST's grids and ring) in 3D, row k on the plane z = k, as `plot_network` does;
+    image: the caller's inputs (e.g. a digit) shown on the input plane; zoom: of the box. Returns the axes."""
     import matplotlib.pyplot as plt
     from mpl_toolkits.mplot3d.art3d import Line3DCollection
 
@@ -1414,10 +1370,8 @@ def threshold_view(model: nn.Module, threshold: float, metric_fn=None, ax=None, 
     return report
 
 def _slider_view(slider, render, figsize) -> "ipywidgets.VBox":
-    """A slider above a picture and a text; render(value, fig) draws into fig and returns the text.
-
-    The picture is a PNG in an Image widget, not an Output widget: capturing plots into Output widgets
-    intermittently deadlocks headless execution (nbconvert / nbclient), which the notebooks rely on."""
+    """A slider above a picture and a text; render(value, fig) draws into fig and returns the text. A PNG in
+    an Image widget: capturing plots in Output widgets intermittently deadlocks headless nbclient runs."""
     import html
     import io
 
@@ -1453,28 +1407,13 @@ def threshold_explorer(model: nn.Module, metric_fn=None, graph: Graph | None = N
 # -- Training ----------------------------------------------------------------------------------------
 @dataclass
 class BIMTConfig:
-    """The knobs of one BIMT run. Experiments subclass it and add their shape, data sizes, etc.
-
-    lam_schedule: (fraction, multiplier) pairs; from step int(fraction * steps) on, lambda is multiplied by
-    the multiplier (cumulatively): ((0.25, 10), (0.75, 0.1)) is 'x10 at 1/4, x0.1 at 3/4'.
-    bias_penalty_from: fraction of training after which biases pay l0 * |b| (0: always; None: never).
-    swap_cost: `connection_cost` keywords that the swap pass uses instead of the training cost's. With A = 0
-      every placement costs the same and no swap is ever made, so the paper's 'L1 + swap' ablation trains
-      with weight_factor 0 and swaps with {'weight_factor': 1.0}, shortening wires the loss does not pay for.
-    batch_size: None trains full batch; otherwise `train` draws batch_size indices with replacement from a
-      torch.Generator seeded with seed (unless given a sampler).
-    threads: torch's intra-op threads while `train` runs (restored afterwards; None leaves them alone). The
-      paper's networks are so small that per-op overhead dominates: on an idle 2-core CPU a second thread
-      saves ~15% on MNIST-sized layers and costs ~5% on the others, while on a busy machine it made a step
-      ~19x slower. One thread is the default that cannot hurt (tests/bench_train.py measures it).
-
-    The procedure, where our clean default and the authors' code differ (AUTHORS_PROCEDURE sets theirs):
-    dtype: 'float32' or 'float64', the precision of the model and the data (train checks that they agree;
-      build the model with dtype=cfg.torch_dtype so that its initialisation is drawn in that precision).
-    swap_moves_optimizer_state: a swap also moves AdamW's moment estimates with the units, so training goes
-      on exactly as if nothing had moved; False leaves them at their positions (the authors' code).
-    relocate_follow: 'neurons' or 'positions', see `relocate`.
-    """
+    """The knobs of one BIMT run; experiments subclass it. lam_schedule: (fraction, multiplier) pairs, lambda
+    multiplied from step int(fraction * steps) on (cumulatively). bias_penalty_from: fraction of training after
+    which biases pay l0 |b| (None: never). swap_cost: `connection_cost` keywords for the swap pass instead of
+    the training cost's (the paper's 'L1 + swap' trains with weight_factor 0, swaps with 1). batch_size: None
+    is full batch, else drawn with replacement by a generator seeded with seed. threads: torch's threads while
+    `train` runs (one: the overhead of tiny ops dominates; tests/bench_train.py). The authors' procedure
+    (AUTHORS_PROCEDURE) leaves AdamW's moments in place on a swap and relocate_follow='positions'."""
     steps: int = 20000
     lr: float = 2e-3
     lam: float = 1e-3
@@ -1585,15 +1524,11 @@ def _batch(x: torch.Tensor, y: torch.Tensor, idx, step: int) -> tuple:
 def train(model: nn.Module, cfg: BIMTConfig, train_data: tuple, test_data: tuple, loss_fn,
           metric_fn=None, snapshot_fn=None, snapshot_every: int | None = None, progress: bool = True,
           sampler=None) -> dict:
-    """Train with loss_fn(model(x), y) + lambda * connection_cost, swapping every cfg.swap_every steps.
-
-    train_data, test_data: (inputs, targets) tensors. metric_fn(outputs, targets) -> float (e.g. accuracy)
-    is evaluated on the test set every cfg.eval_every steps and at the last step, as is the test loss.
-    snapshot_fn(step, model) is called every snapshot_every steps and at the last step (for animations).
-    sampler(step) -> training-batch indices, to replace the default (see BIMTConfig.batch_size).
-    Returns the history as plain lists: step, train_loss, test_loss, metric, cost, lam, swaps.
-    Raises FloatingPointError naming the step and lambda if the loss stops being finite.
-    """
+    """Train on loss_fn(model(x), y) + lambda * connection_cost, swapping every cfg.swap_every steps.
+    train_data, test_data: (inputs, targets). metric_fn(outputs, targets) -> float and the test loss every
+    cfg.eval_every steps and at the last; snapshot_fn(step, model) likewise every snapshot_every steps.
+    sampler(step) -> batch indices. Returns the history as lists: step, train_loss, test_loss, metric, cost,
+    lam, swaps."""
     from tqdm.auto import tqdm
 
     _check_data(model, cfg, dict(loss_fn=loss_fn, metric_fn=metric_fn, snapshot_fn=snapshot_fn, sampler=sampler),
@@ -1657,11 +1592,9 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return (logits.argmax(-1) == labels).float().mean().item()
 
 class Claims:
-    """The checked facts of one notebook run. `check` prints 'name: holds', the line nbval compares, and keeps
-    the record (name, holds, value): the measurement stays out of the line, so the line reads the same on
-    every correct install. `note` records and prints a measured fact that is no claim (holds None). With a
-    path, every record so far is (re)written there as JSON with the run's fields (notebook, seed,
-    procedure): what the seed sweep (tests/sweep.py) collects."""
+    """The checked facts of a notebook run: `check` prints 'name: holds' (what nbval compares; the value is
+    only recorded), `note` a measured fact (holds None). With a path, the records and the run's fields are
+    (re)written there as JSON, for the seed sweep (tests/sweep.py)."""
 
     def __init__(self, path=None, **run):
         _check(path is None or Path(path).parent.is_dir(), "path", path, "None or a file name in an existing folder")
@@ -1693,9 +1626,8 @@ def figures_dir() -> Path:
     return path
 
 def claim_rates(notebook: str | None = None, path=None) -> str:
-    """How typical is this run? A markdown table of the seed sweep (results/claims_sweep.csv, by tests/sweep.py):
-    per claim, whether it holds at the authors' seed (authors' procedure) and in k of n swept seeds per procedure
-    (n counts the runs that recorded it; crashes show in 'run completed'). notebook=None: all, with their names."""
+    """A markdown table of the seed sweep (results/claims_sweep.csv): per claim, whether it holds at the
+    authors' seed and in k of n seeds per procedure. notebook=None: all, with their names."""
     path = Path(path or Path(__file__).resolve().parent / "results" / "claims_sweep.csv")
     run = f"run: python tests/sweep.py --notebooks {notebook or '...'}"
     if not path.is_file():
@@ -1726,8 +1658,8 @@ IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 def read_idx(path) -> np.ndarray:
-    """One IDX file, raw or gzip-compressed -> uint8 array of the shape its header states. Big-endian header:
-    magic 0x00000801 (labels, 1 dim) or 0x00000803 (images, 3 dims), then one int32 size per dim."""
+    """One IDX file, raw or gzipped -> uint8 array: big-endian magic 0x801 (labels) or 0x803 (images), then
+    an int32 size per dim."""
     path = Path(path)
     buf = path.read_bytes()
     if buf[:2] == b"\x1f\x8b":  # gzip magic; an IDX file starts with two zero bytes
@@ -1766,14 +1698,9 @@ def _to_tensors(images: np.ndarray, labels: np.ndarray, source) -> tuple[torch.T
     return x, torch.from_numpy(labels.astype(np.int64))
 
 def load_mnist(path=None, n_test: int = 1000, seed: int = 0):
-    """MNIST -> (x_train, y_train, x_test, y_test): float32 pixels in [0, 1] of shape (N, 784), row-major 28x28
-    (pixel r*28 + c), and int64 labels of shape (N,).
-
-    path None: the 5,000-digit subset shipped in data/mnist_5k.npz (checksum verified), split at random into
-      5000 - n_test training and n_test test digits by torch.Generator().manual_seed(seed).
-    path a folder: the standard IDX files (IDX_NAMES, raw or .gz): the official 60,000 / 10,000 split.
-    path an .npz file with 'images' (N, 28, 28) and 'labels' (N,) uint8: split like the subset.
-    """
+    """MNIST -> x_train, y_train, x_test, y_test: float32 pixels in [0, 1], (N, 784) row-major, int64 labels
+    (N,). path None: the shipped 5,000-digit subset (checksum verified) or an .npz with uint8 'images' (N, 28,
+    28) and 'labels', split at random by seed; a folder: the IDX files (IDX_NAMES), the official split."""
     path = MNIST_5K if path is None else Path(path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder; expected an .npz of MNIST digits or a folder "

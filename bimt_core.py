@@ -123,9 +123,9 @@ class BioLinear(nn.Linear):
         self._place()
 
     def _place(self) -> None:
-        kw = dict(dtype=self.weight.dtype)
-        self.in_coords = neuron_coords(self.in_features, self.in_geometry, self.in_fold, **kw).to(self.weight.device)
-        self.out_coords = neuron_coords(self.out_features, self.out_geometry, self.out_fold, **kw).to(self.weight.device)
+        dtype, device = self.weight.dtype, self.weight.device
+        self.in_coords = neuron_coords(self.in_features, self.in_geometry, self.in_fold, dtype).to(device)
+        self.out_coords = neuron_coords(self.out_features, self.out_geometry, self.out_fold, dtype).to(device)
         self.dist = manhattan(self.out_coords, self.in_coords)
 
     def reset_parameters(self) -> None:
@@ -768,16 +768,20 @@ def surviving(graph: Graph, threshold: float = 0.0) -> list[torch.Tensor]:
         masks.append((w > 0) & (w >= threshold * w.max()))
     return masks
 
+def _ends(graph: Graph, masks: list, skips: bool = True) -> tuple[list, list]:
+    """Per row, a bool per position: (an incoming, an outgoing) connection in masks (with skips: identities too)."""
+    has_in, has_out = ([torch.zeros(len(r.coords), dtype=torch.bool) for r in graph.rows] for _ in range(2))
+    for e, m in zip(graph.edges, masks):
+        if skips or e.linear is not None:
+            has_out[e.src][e.src_cols()] |= m.any(0)
+            has_in[e.dst] |= m.any(1)
+    return has_in, has_out
+
 def active_neurons(graph: Graph, masks: list) -> list[torch.Tensor]:
     """Per row, a bool per unit: it keeps an incoming and an outgoing connection (inputs only need the
     outgoing, outputs the incoming); a unit is active if any of its fold copies is."""
-    has_in = [torch.zeros(len(r.coords), dtype=torch.bool) for r in graph.rows]
-    has_out = [torch.zeros(len(r.coords), dtype=torch.bool) for r in graph.rows]
-    for e, m in zip(graph.edges, masks):
-        has_out[e.src][e.src_cols()] |= m.any(0)
-        has_in[e.dst] |= m.any(1)
     active = []
-    for r, i, o in zip(graph.rows, has_in, has_out):
+    for r, i, o in zip(graph.rows, *_ends(graph, masks)):
         a = o if r.kind == "input" else (i if r.kind == "output" else i & o)
         units = torch.zeros(int(r.unit.max()) + 1, dtype=torch.bool)
         units[r.unit[a]] = True
@@ -1192,14 +1196,8 @@ def _check_labels(graph: Graph, **labels):
         _check(got in (None, n), f"the length of {name}", got, f"{n}, one entry per {kind} of the model")
 
 def _touched(graph: Graph, masks: list) -> list[torch.Tensor]:
-    """Per row, a bool per position: a surviving learned connection (not a residual skip) starts or ends there.
-    The drawings show the other neurons in light grey, so that the circuit stands out."""
-    touched = [torch.zeros(len(r.coords), dtype=torch.bool) for r in graph.rows]
-    for e, m in zip(graph.edges, masks):
-        if e.linear is not None:
-            touched[e.src][e.src_cols()] |= m.any(0)
-            touched[e.dst] |= m.any(1)
-    return touched
+    """Per row, a bool per position: a drawn learned connection (no skip) ends there; the rest is drawn grey."""
+    return [i | o for i, o in zip(*_ends(graph, masks, skips=False))]
 
 def _neuron_colours(touched: torch.Tensor) -> list:
     return ["k" if t else "0.8" for t in touched.tolist()]
@@ -1550,10 +1548,7 @@ def train(model: nn.Module, cfg: BIMTConfig, train_data: tuple, test_data: tuple
         for step in bar:
             if step in phases:  # lambda and the cost's terms change only here
                 lam, terms = cfg.lam_at(step), cost_terms(model, **cfg.cost_kwargs(step))
-            if sampler is None:
-                xb, yb = x_tr, y_tr
-            else:
-                xb, yb = _batch(x_tr, y_tr, sampler(step), step)
+            xb, yb = (x_tr, y_tr) if sampler is None else _batch(x_tr, y_tr, sampler(step), step)
             task = loss_fn(model(xb), yb)
             if not (torch.is_tensor(task) and task.dim() == 0 and task.requires_grad):
                 raise ValueError(f"loss_fn must return a scalar tensor with gradients (e.g. F.mse_loss(out, y)), "
@@ -1575,9 +1570,8 @@ def train(model: nn.Module, cfg: BIMTConfig, train_data: tuple, test_data: tuple
                 with torch.no_grad():
                     out = model(x_te)
                     metric = None if metric_fn is None else _float("metric_fn's result", metric_fn(out, y_te))
-                    for k, v in (("step", step), ("train_loss", task.item()), ("test_loss", loss_fn(out, y_te).item()),
-                                 ("metric", metric),
-                                 ("cost", cost.item()), ("lam", lam), ("swaps", swaps)):
+                    for k, v in dict(step=step, train_loss=task.item(), test_loss=loss_fn(out, y_te).item(),
+                                     metric=metric, cost=cost.item(), lam=lam, swaps=swaps).items():
                         hist[k].append(v)
                 bar.set_postfix(train=f"{hist['train_loss'][-1]:.2e}", test=f"{hist['test_loss'][-1]:.2e}",
                                 cost=f"{hist['cost'][-1]:.3g}", refresh=False)

@@ -309,8 +309,7 @@ class SwappableModel(nn.Module):
         return self.forward_internal(self.embed(x)).index_select(-1, torch.argsort(self.out_perm))
 
     def activations(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The activations of every row of `graph()` for caller inputs x, in internal (position) order
-        (BioMLP: (B, width) per row; BioTransformer: (B, T, width), q|k|v for attention rows)."""
+        """Every row's activations of `graph()`, in position order, (B, width) or (B, T, width), for inputs x."""
         record = []
         self.forward_internal(self.embed(x), record)
         return record
@@ -373,8 +372,7 @@ class BioMLP(SwappableModel):
         return self.embedding[x].flatten(1)
 
     def forward_internal(self, h: torch.Tensor, record: list | None = None) -> torch.Tensor:
-        """Input-layer activations (B, n0) -> output-layer activations (B, nL), both in internal (position)
-        order. record: a list that receives every row's activations, input first (see `activations`)."""
+        """Input row (B, n0) -> output row (B, nL), in position order; record receives every row's activations."""
         rec = (record if record is not None else []).append  # references only: nothing is copied
         for i, lin in enumerate(self.linears):
             rec(h)
@@ -434,8 +432,7 @@ class BioBlock(nn.Module):
         self.mlp_out = BioLinear(d_mlp, d_model, bias, **kw)
 
     def attention(self, x: torch.Tensor, rec=None) -> torch.Tensor:
-        """(B, T, d_model) -> (B, T, d_model): what the attention writes to the residual stream.
-        rec(t), if given, receives q|k|v (B, T, 3 d_model)."""
+        """(B, T, d_model) -> what attention writes to the stream, (B, T, d_model); rec receives q|k|v."""
         B, T, C = x.shape
         qkv = self.qkv(x)
         if rec is not None:
@@ -488,8 +485,7 @@ class BioTransformer(SwappableModel):
         return x.index_select(-1, self.in_perm)
 
     def forward_internal(self, x: torch.Tensor, record: list | None = None) -> torch.Tensor:
-        """(B, T, in_dim) -> (B, T, out_dim), both in internal (position) order. record: a list that receives
-        every row's activations in the order of `graph()` (see `activations`)."""
+        """(B, T, in_dim) -> (B, T, out_dim), in position order; record receives every row's activations."""
         rec = (record if record is not None else []).append  # references only: nothing is copied
         rec(x)
         h = self.embed_in(x)
@@ -641,11 +637,6 @@ def _get_layer(model: nn.Module, layer) -> NeuronLayer:
     return layers[_check(_is_int(layer, -len(layers), len(layers)), "layer", layer,
                          f"a name or an index in [0, {len(layers)})")]
 
-def _with_state(t: torch.Tensor, optimizer: torch.optim.Optimizer | None) -> list[torch.Tensor]:
-    """t and the optimizer's per-parameter state shaped like it (e.g. Adam's moments): what a swap moves."""
-    state = optimizer.state.get(t, {}) if optimizer is not None else {}
-    return [t, *(v for v in state.values() if torch.is_tensor(v) and v.shape == t.shape)]
-
 def permute_units(model: nn.Module, layer, perm: torch.Tensor,
                   optimizer: torch.optim.Optimizer | None = None) -> None:
     """Position p of `layer` (index, name or NeuronLayer) receives the unit now at perm[p]: every member tensor
@@ -661,8 +652,9 @@ def permute_units(model: nn.Module, layer, perm: torch.Tensor,
         full = torch.arange(t.shape[m.dim])
         full[m.index] = m.index[:, perm]  # every copy of a unit moves with it
         full = full.to(t.device)
+        state = optimizer.state.get(t, {}) if optimizer is not None else {}  # e.g. Adam's moments, shaped like t
         with torch.no_grad():
-            for v in _with_state(t, optimizer):
+            for v in [t, *(v for v in state.values() if torch.is_tensor(v) and v.shape == t.shape)]:
                 v.copy_(v.index_select(m.dim, full))  # index_select copies first: no aliasing
 
 def swap_units(model: nn.Module, layer, j: int, k: int,
@@ -676,8 +668,7 @@ def swap_units(model: nn.Module, layer, j: int, k: int,
     permute_units(model, nl, perm, optimizer)
 
 def neuron_scores(nl: NeuronLayer) -> torch.Tensor:
-    """Per unit: sum |incoming weights| + sum |outgoing weights| (all fold copies; an embedding counts as
-    incoming). Shape (n_units,)."""
+    """(n_units,) float64: sum |incoming| + sum |outgoing weights| over fold copies (an embedding: incoming)."""
     score = torch.zeros(nl.n_units, dtype=torch.float64)
     for m in nl.members:
         if m.role is None:
@@ -759,8 +750,7 @@ def network_graph(model: nn.Module, graph: Graph | None = None) -> Graph:
     return graph
 
 def surviving(graph: Graph, threshold: float = 0.0) -> list[torch.Tensor]:
-    """Per edge, the (out, in) bool mask of connections with w != 0 and |w| >= threshold * max |w| of
-    that layer (threshold is relative: 0 keeps every non-zero weight, 1 only the strongest)."""
+    """Per edge, the (out, in) bool mask of w != 0 with |w| >= threshold * max |w| of its layer (threshold: [0, 1])."""
     _number("threshold", threshold, 0, 1)
     masks = []
     for _, lin, _, d, _ in graph.edges:
@@ -778,8 +768,7 @@ def _ends(graph: Graph, masks: list, skips: bool = True) -> tuple[list, list]:
     return has_in, has_out
 
 def active_neurons(graph: Graph, masks: list) -> list[torch.Tensor]:
-    """Per row, a bool per unit: it keeps an incoming and an outgoing connection (inputs only need the
-    outgoing, outputs the incoming); a unit is active if any of its fold copies is."""
+    """Per row, a bool per unit: a copy keeps an incoming and an outgoing connection (inputs, outputs: one)."""
     active = []
     for r, i, o in zip(graph.rows, *_ends(graph, masks)):
         a = o if r.kind == "input" else (i if r.kind == "output" else i & o)
@@ -790,8 +779,7 @@ def active_neurons(graph: Graph, masks: list) -> list[torch.Tensor]:
 
 @dataclass
 class Module:
-    """A connected component of the surviving graph that links inputs to outputs (caller indices);
-    hidden: row name -> positions of its hidden neurons."""
+    """A connected component linking inputs to outputs (caller indices); hidden: row name -> positions."""
     inputs: list
     outputs: list
     hidden: dict
@@ -804,8 +792,7 @@ def _short(xs: list, n: int = 12) -> str:
     return str(xs) if len(xs) <= n else f"[{', '.join(map(str, xs[:n]))}, ... ({len(xs)} in all)]"
 
 def find_modules(graph: Graph, masks: list, active: list | None = None) -> list[Module]:
-    """Connected components (union-find over surviving connections) holding an input and an output, sorted
-    by their inputs."""
+    """The components (union-find over masks) holding an input and an output, sorted by their inputs."""
     offset = [0]
     for r in graph.rows:
         offset.append(offset[-1] + int(r.unit.max()) + 1)
@@ -840,8 +827,7 @@ def find_modules(graph: Graph, masks: list, active: list | None = None) -> list[
     return sorted(mods, key=lambda m: (m.inputs, m.outputs))
 
 def reach_matrices(graph: Graph, masks: list) -> list:
-    """Per row, a bool (positions, inputs) matrix: which inputs (caller index; one input row) have a
-    surviving path to each neuron. None for a row that no input feeds."""
+    """Per row, (positions, inputs) bool: which caller inputs reach each neuron (None: no input feeds the row)."""
     inp = next(r for r in graph.rows if r.kind == "input")
     reach = [None] * len(graph.rows)
     reach[graph.rows.index(inp)] = F.one_hot(inp.caller, int(inp.caller.max()) + 1).bool()
@@ -879,8 +865,7 @@ class NetworkReport:
         return "\n".join(lines)
 
 def analyze(model: nn.Module, threshold: float = 0.0, graph: Graph | None = None) -> NetworkReport:
-    """Active connections and neurons, wiring length, reachability and modules of the connections that
-    survive a relative threshold (without changing the weights)."""
+    """The `NetworkReport` of the connections that survive a relative threshold (the weights are unchanged)."""
     graph = network_graph(model, graph)
     masks = surviving(graph, threshold)
     active = active_neurons(graph, masks)
@@ -903,8 +888,7 @@ def analyze(model: nn.Module, threshold: float = 0.0, graph: Graph | None = None
                          [r.name for r in graph.rows], [a.nonzero().flatten().tolist() for a in active], reads)
 
 def embedding_modules(model: nn.Module, threshold: float) -> list[list[int]]:
-    """The modules of a token embedding: the embedding dims of each connected component of the network below
-    the output layer (every output reads every module, so on the whole network there is one component)."""
+    """The embedding dims of each module of the network below the output row (every output reads them all)."""
     if getattr(model, "embedding", None) is None:
         raise ValueError(f"{type(model).__name__} has no token embedding (BioMLP with vocab_size)")
     graph = network_graph(model)
@@ -912,8 +896,7 @@ def embedding_modules(model: nn.Module, threshold: float) -> list[list[int]]:
 
 @dataclass
 class Pruned:
-    """What `prune` changed: the original weights by parameter name, and what survived. Also a context
-    manager that restores the weights on exit."""
+    """What `prune` changed (original weights by name) and what survived; restores the weights on exit."""
     saved: dict
     connections: int
     neurons: int
@@ -1073,8 +1056,7 @@ def _faithfulness(model: nn.Module, graph: Graph, x: torch.Tensor, metric, basel
 
 def circuit_faithfulness(model: nn.Module, masks: list, x: torch.Tensor, metric,
                          baseline: torch.Tensor | None = None, graph: Graph | None = None) -> float:
-    """(m_circuit - m_empty) / (m_full - m_empty): 1 for the full model, 0 with every connection ablated.
-    masks: per graph edge the (out, in) bool mask of the circuit's connections (None: identity edge)."""
+    """(m_circuit - m_empty) / (m_full - m_empty) of per-edge (out, in) bool masks (None: identity edge)."""
     return _faithfulness(model, graph or network_graph(model), x, metric, baseline)(masks)
 
 @dataclass
@@ -1170,9 +1152,10 @@ def compact(model: BioMLP, threshold: float = 0.0) -> BioMLP:
     return small
 
 # -- Plotting ----------------------------------------------------------------------------------------
-def _connections(graph: Graph, masks: list, points: list):
-    """Per edge: segments (k, 2, D), rgba (k, 4) (blue +, red -, alpha |w| / max |w|; identities grey) and
-    |w| / max |w| (k,), weakest first so that strong connections are drawn on top."""
+def _draw_connections(add, collection, graph: Graph, masks: list, points: list, max_lw: float, **kw) -> list:
+    """add(collection(...)) per edge: segments between `points` (blue +, red -, alpha and width ~ |w| / max |w|,
+    weakest first so that strong ones are on top; identities grey). Returns, per row, a bool per position:
+    a drawn learned connection ends there (the other neurons are drawn grey)."""
     for e, m in zip(graph.edges, masks):
         lin = e.linear
         w = m.float() if lin is None else lin.weight.detach().cpu().float()
@@ -1185,7 +1168,8 @@ def _connections(graph: Graph, masks: list, points: list):
         if lin is None:
             rgba, rel = torch.tensor([0.5, 0.5, 0.5, 0.4]).expand(len(wk), 4), 0.25 * rel
         segs = torch.stack([points[e.src][e.src_cols()][i], points[e.dst][o]], 1)
-        yield segs.numpy(), rgba.numpy(), rel.numpy()
+        add(collection(segs.numpy(), colors=rgba.numpy(), linewidths=max_lw * rel.numpy(), **kw))
+    return [i | o for i, o in zip(*_ends(graph, masks, skips=False))]
 
 def _check_labels(graph: Graph, **labels):
     """in_labels and image must hold one entry per caller input, out_labels one per caller output."""
@@ -1195,16 +1179,11 @@ def _check_labels(graph: Graph, **labels):
         got = v if v is None else torch.as_tensor(v).numel() if name == "image" else len(v)
         _check(got in (None, n), f"the length of {name}", got, f"{n}, one entry per {kind} of the model")
 
-def _touched(graph: Graph, masks: list) -> list[torch.Tensor]:
-    """Per row, a bool per position: a drawn learned connection (no skip) ends there; the rest is drawn grey."""
-    return [i | o for i, o in zip(*_ends(graph, masks, skips=False))]
-
 def _neuron_colours(touched: torch.Tensor) -> list:
     return ["k" if t else "0.8" for t in touched.tolist()]
 
 def _row_points(row: Row, y: int, fold_offset: float) -> torch.Tensor:
-    """(n, 2) drawing positions of a 1D row: x = coordinate, y = row index; the copies of a folded row are
-    stacked below copy 0, the last one fold_offset lower (operand embeddings as in the paper's Fig 5)."""
+    """(n, 2) drawing positions of a 1D row at height y, fold copies stacked down to fold_offset lower (Fig 5)."""
     copy = torch.arange(len(row.coords)) // (len(row.coords) // row.fold)
     return torch.stack([row.coords[:, 0].float(), y - fold_offset * copy.float() / max(row.fold - 1, 1)], 1)
 
@@ -1231,18 +1210,17 @@ def plot_network(model: nn.Module, ax=None, threshold: float = 0.0, graph: Graph
     pts = [_row_points(r, y, fold_offset) for y, r in enumerate(rows)]
     masks = masks or [None] * len(graph.edges)
     shown = [s if m is None else s & m.cpu() for s, m in zip(surviving(graph, threshold), masks)]
-    for segs, rgba, rel in _connections(graph, shown, pts):
-        ax.add_collection(LineCollection(segs, colors=rgba, linewidths=max_lw * rel))
+    touched = _draw_connections(ax.add_collection, LineCollection, graph, shown, pts, max_lw)
     # A dot is at most 60% of the gap between neighbours of its row, so that wide rows stay rows of dots.
     pt_per_x = ax.get_position().width * ax.figure.get_figwidth() * 72 / 1.04  # points per unit of x (xlim)
     ticks, names = [], []
-    for y, (r, p, touched) in enumerate(zip(rows, pts, _touched(graph, shown))):
+    for y, (r, p, t) in enumerate(zip(rows, pts, touched)):
         copies = (copy_labels or {}).get(r.name)
         if copies is not None and len(copies) != r.fold:
             raise ValueError(f"copy_labels[{r.name!r}] names {len(copies)} copies but the row has fold {r.fold}")
         ticks += [y] if copies is None else p[:: len(p) // r.fold, 1].tolist()
         names += [r.name] if copies is None else list(copies)
-        colors = _neuron_colours(touched)
+        colors = _neuron_colours(t)
         if r.kind == "input" and in_colors is not None:
             colors = [in_colors[c] for c in r.caller.tolist()]
         xs = r.coords[:, 0].unique()
@@ -1282,17 +1260,15 @@ def plot_network_3d(model: nn.Module, ax=None, threshold: float = 0.0, graph: Gr
     for z, r in enumerate(rows):
         xy = r.coords.float() if r.coords.shape[1] == 2 else F.pad(r.coords.float(), (0, 1), value=0.5)
         pts.append(torch.cat([xy, torch.full((len(xy), 1), float(z))], 1))
-    masks = surviving(graph, threshold)
-    for segs, rgba, rel in _connections(graph, masks, pts):
-        ax.add_collection3d(Line3DCollection(segs, colors=rgba, linewidths=max_lw * rel, zorder=1))
-    for z, (r, p, touched) in enumerate(zip(rows, pts, _touched(graph, masks))):
+    touched = _draw_connections(ax.add_collection3d, Line3DCollection, graph, surviving(graph, threshold), pts,
+                                max_lw, zorder=1)
+    for z, (r, p, t) in enumerate(zip(rows, pts, touched)):
         if r.kind == "input" and image is not None:
             vals = torch.as_tensor(image, dtype=torch.float32).flatten()[r.caller]
             ax.scatter(p[:, 0], p[:, 1], p[:, 2], c=vals.numpy(), cmap=cmap, s=3 * neuron_size, marker="s",
                        depthshade=False, zorder=0)
         else:
-            ax.scatter(p[:, 0], p[:, 1], p[:, 2], c=_neuron_colours(touched), s=neuron_size, depthshade=False,
-                       zorder=2)
+            ax.scatter(p[:, 0], p[:, 1], p[:, 2], c=_neuron_colours(t), s=neuron_size, depthshade=False, zorder=2)
         if r.kind == "output" and out_labels is not None:
             for (x, y, _), c in zip(p.tolist(), r.caller.tolist()):
                 ax.text(0.5 + 1.25 * (x - 0.5), 0.5 + 1.25 * (y - 0.5), z, str(out_labels[c]), ha="center",
@@ -1329,8 +1305,7 @@ def draw_snapshot(model: nn.Module, snapshot: tuple, ax=None, draw=None, **draw_
 
 def save_gif(model: nn.Module, snapshots: list, path: str = "figures/training.gif", draw=None, fps: int = 4,
              dpi: int = 80, figsize=(6, 6), **draw_kw) -> str:
-    """Render recorded snapshots (one frame each) into an animated GIF with matplotlib's Pillow writer.
-    `model` is only the template (a copy is loaded with each snapshot); the directory is created if needed."""
+    """Render snapshots into an animated GIF (Pillow), a frame each, drawn by a copy of `model`; returns path."""
     import copy
     import os
 
@@ -1359,48 +1334,39 @@ def save_gif(model: nn.Module, snapshots: list, path: str = "figures/training.gi
 
 def threshold_view(model: nn.Module, threshold: float, metric_fn=None, ax=None, graph: Graph | None = None,
                    draw=None, **draw_kw) -> NetworkReport:
-    """Prune at `threshold`, evaluate metric_fn(model) (the task metric), draw, restore the weights, and
-    return the report with its metric. The threshold slider's work."""
+    """Prune at `threshold`, evaluate metric_fn(model), draw, restore; returns the report with its metric."""
     with prune(model, threshold, graph):
         report = analyze(model, threshold, graph)
         report.metric = None if metric_fn is None else _float("metric_fn(model)", metric_fn(model))
         (draw or plot_network)(model, ax=ax, threshold=threshold, graph=graph, **draw_kw)
     return report
 
-def _slider_view(slider, render, figsize) -> "ipywidgets.VBox":
-    """A slider above a picture and a text; render(value, fig) draws into fig and returns the text. A PNG in
-    an Image widget: capturing plots in Output widgets intermittently deadlocks headless nbclient runs."""
+def threshold_explorer(model: nn.Module, metric_fn=None, graph: Graph | None = None, draw=None,
+                       max_threshold: float = 1.0, figsize=(6, 6), **draw_kw):
+    """An ipywidgets slider over the pruning threshold above the pruned network and its report. The picture is
+    a PNG in an Image widget: capturing plots in Output widgets intermittently deadlocks headless nbclient runs."""
     import html
-    import io
 
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
 
+    _check(_is_real(max_threshold, 0, 1) and max_threshold > 0, "max_threshold", max_threshold, "a number in (0, 1]")
+    slider = widgets.FloatSlider(value=0.0, min=0.0, max=max_threshold, step=max_threshold / 100,
+                                 description="threshold", continuous_update=False, readout_format=".2f")
     image, text = widgets.Image(format="png"), widgets.HTML()
 
     def update(change=None):
         fig = plt.figure(figsize=figsize)
-        report = render(slider.value, fig)
+        report = threshold_view(model, slider.value, metric_fn, _new_axes(fig, draw), graph, draw, **draw_kw)
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=90)
         plt.close(fig)
         image.value = buf.getvalue()
-        text.value = "" if report is None else f"<pre>{html.escape(str(report))}</pre>"
+        text.value = f"<pre>{html.escape(str(report))}</pre>"
 
     slider.observe(update, names="value")
     update()
     return widgets.VBox([slider, image, text])
-
-def threshold_explorer(model: nn.Module, metric_fn=None, graph: Graph | None = None, draw=None,
-                       max_threshold: float = 1.0, figsize=(6, 6), **draw_kw):
-    """An ipywidgets slider over the pruning threshold: re-draws the pruned network and shows its report."""
-    import ipywidgets as widgets
-
-    _check(_is_real(max_threshold, 0, 1) and max_threshold > 0, "max_threshold", max_threshold, "a number in (0, 1]")
-    slider = widgets.FloatSlider(value=0.0, min=0.0, max=max_threshold, step=max_threshold / 100,
-                                 description="threshold", continuous_update=False, readout_format=".2f")
-    return _slider_view(slider, lambda t, fig: threshold_view(model, t, metric_fn, _new_axes(fig, draw), graph,
-                                                              draw, **draw_kw), figsize)
 
 # -- Training ----------------------------------------------------------------------------------------
 @dataclass
@@ -1483,8 +1449,7 @@ class BIMTConfig:
 AUTHORS_PROCEDURE = dict(swap_moves_optimizer_state=False, relocate_follow="positions")
 
 def _check_data(model: nn.Module, cfg: BIMTConfig, fns: dict, snapshot_every, **data) -> None:
-    """Clear errors for arguments that would otherwise fail deep inside torch or train silently on the wrong
-    thing; fns: the functions train was given, by name."""
+    """Clear errors for what would fail deep inside torch or train silently; fns: train's functions by name."""
     _check(isinstance(cfg, BIMTConfig), "cfg", type(cfg).__name__, "a BIMTConfig", TypeError)
     for name, f in fns.items():
         _check(callable(f) or f is None and name != "loss_fn", name, f, "a function" + " or None" * (name != "loss_fn"),
@@ -1652,8 +1617,7 @@ IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 def read_idx(path) -> np.ndarray:
-    """One IDX file, raw or gzipped -> uint8 array: big-endian magic 0x801 (labels) or 0x803 (images), then
-    an int32 size per dim."""
+    """One IDX file, raw or gzipped -> uint8 array (big-endian magic 0x801 / 0x803, then int32 dims)."""
     path = Path(path)
     buf = path.read_bytes()
     if buf[:2] == b"\x1f\x8b":  # gzip magic; an IDX file starts with two zero bytes

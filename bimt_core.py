@@ -566,8 +566,7 @@ class BioTransformer(SwappableModel):
 def _linears(model: nn.Module) -> list[BioLinear]:
     _check(isinstance(model, nn.Module), "model", type(model).__name__, "an nn.Module", TypeError)
     lins = [m for m in model.modules() if isinstance(m, BioLinear)]
-    if not lins:
-        raise ValueError(f"{type(model).__name__} has no BioLinear layers to pay a connection cost for")
+    _check(lins, "model", type(model).__name__, "a model with BioLinear layers to pay a connection cost for")
     return lins
 
 def _cost_args(weight_factor, l0, agg, **flags):
@@ -1082,8 +1081,7 @@ def discover_circuit(model: nn.Module, x: torch.Tensor, metric, target: float = 
     the target. candidates: per edge (out, in) bool masks of what may be kept (default: non-zero weights)."""
     if method not in ("eap", "acdc"):
         raise ValueError(f"unknown method {method!r}; expected 'eap' or 'acdc'")
-    if not 0 < target <= 1:
-        raise ValueError(f"target faithfulness must lie in (0, 1], got {target!r}")
+    _check(0 < target <= 1, "target faithfulness", target, "in (0, 1]")
     t0, graph = time.perf_counter(), graph or network_graph(model)
     cand = candidates or [None if e.linear is None else e.linear.weight.detach().cpu() != 0 for e in graph.edges]
     cand = [None if e.linear is None else c for e, c in zip(graph.edges, cand)]  # skips: never candidates

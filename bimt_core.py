@@ -792,9 +792,7 @@ def _short(xs: list, n: int = 12) -> str:
 
 def find_modules(graph: Graph, masks: list, active: list | None = None) -> list[Module]:
     """The components (union-find over masks) holding an input and an output, sorted by their inputs."""
-    offset = [0]
-    for r in graph.rows:
-        offset.append(offset[-1] + int(r.unit.max()) + 1)
+    offset = np.cumsum([0] + [int(r.unit.max()) + 1 for r in graph.rows]).tolist()  # of each row's first unit
     parent = list(range(offset[-1]))
 
     def root(a):
@@ -819,10 +817,7 @@ def find_modules(graph: Graph, masks: list, active: list | None = None) -> list[
             else:
                 callers = r.caller[r.unit == u].tolist()
                 (c.inputs if r.kind == "input" else c.outputs).extend(callers[:1])
-    mods = [m for m in comps.values() if m.inputs and m.outputs]
-    for m in mods:
-        m.inputs.sort()
-        m.outputs.sort()
+    mods = [Module(sorted(m.inputs), sorted(m.outputs), m.hidden) for m in comps.values() if m.inputs and m.outputs]
     return sorted(mods, key=lambda m: (m.inputs, m.outputs))
 
 def reach_matrices(graph: Graph, masks: list) -> list:

@@ -767,7 +767,8 @@ def _ends(graph: Graph, masks: list, skips: bool = True) -> tuple[list, list]:
     return has_in, has_out
 
 def active_neurons(graph: Graph, masks: list) -> list[torch.Tensor]:
-    """Per row, a bool per unit: a copy keeps an incoming and an outgoing connection (inputs, outputs: one)."""
+    """Per row, a bool per unit: one of its copies keeps an incoming and an outgoing connection (an input
+    needs only the outgoing one, an output the incoming one)."""
     active = []
     for r, i, o in zip(graph.rows, *_ends(graph, masks)):
         a = o if r.kind == "input" else (i if r.kind == "output" else i & o)

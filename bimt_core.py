@@ -1229,11 +1229,8 @@ def plot_network(model: nn.Module, ax=None, threshold: float = 0.0, graph: Graph
             ax.text(x, y - 0.1 if below else y + 0.1, str(labels[c]), ha="center",
                     va="top" if below else "bottom", fontsize=8)
     ax.set_yticks(ticks, names)
-    ax.set_xticks([])
-    ax.set_xlim(-0.02, 1.02)
-    ax.set_ylim(-0.5 - fold_offset * (rows[0].fold > 1), len(rows) - 0.5)
-    for side in ("top", "right", "bottom"):
-        ax.spines[side].set_visible(False)
+    ax.set(xticks=[], xlim=(-0.02, 1.02), ylim=(-0.5 - fold_offset * (rows[0].fold > 1), len(rows) - 0.5))
+    ax.spines[["top", "right", "bottom"]].set_visible(False)
     return ax
 
 def plot_network_3d(model: nn.Module, ax=None, threshold: float = 0.0, graph: Graph | None = None,
@@ -1301,7 +1298,6 @@ def save_gif(model: nn.Module, snapshots: list, path: str = "figures/training.gi
              dpi: int = 80, figsize=(6, 6), **draw_kw) -> str:
     """Render snapshots into an animated GIF (Pillow), a frame each, drawn by a copy of `model`; returns path."""
     import copy
-    import os
 
     import matplotlib.pyplot as plt
     from matplotlib.animation import PillowWriter
@@ -1311,7 +1307,7 @@ def save_gif(model: nn.Module, snapshots: list, path: str = "figures/training.gi
     _int("fps", fps), list(map(_snapshot, snapshots))
     _check(str(path).endswith(".gif"), "path", path, "a file name ending in .gif")
     draw, m = draw or plot_network, copy.deepcopy(model)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig = plt.figure(figsize=figsize)
     writer = PillowWriter(fps=fps)
     try:

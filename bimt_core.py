@@ -1,14 +1,10 @@
-"""Brain-Inspired Modular Training (BIMT), the core.
-
-Liu, Gan, Tegmark (2023), "Seeing is Believing: Brain-Inspired Modular Training for Mechanistic
-Interpretability", arXiv:2305.08746.
+"""Brain-Inspired Modular Training (BIMT), the core of Liu, Gan, Tegmark (2023), "Seeing is Believing:
+Brain-Inspired Modular Training for Mechanistic Interpretability", arXiv:2305.08746.
 
 Every neuron has a position in space. The loss pays for each connection in proportion to its length
 (`connection_cost`), and every few hundred steps neurons of a layer exchange places when that lowers the
-cost (`relocate`); a swap permutes weights, never the function the network computes.
-
-Read top to bottom: input checks -> geometry -> layers -> models -> cost -> swapping -> analysis -> plotting ->
-training -> data.
+cost (`relocate`); a swap permutes weights, never the function the network computes. Top to bottom:
+input checks -> geometry -> layers -> models -> cost -> swapping -> analysis -> plotting -> training -> data.
 """
 from __future__ import annotations
 
@@ -33,70 +29,50 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# ----------------------------------------------------------------------------------------------------------
-# Input checks: each public function checks its arguments once, at its boundary, with these
-
-
+# -- Input checks: each public function checks its arguments once, at its boundary, with these --------
 def _check(ok, name: str, v, expected: str, exc=ValueError):
     """v if ok, else exc('{name} must be {expected}, got {v!r}')."""
     if not ok:
         raise exc(f"{name} must be {expected}, got {v!r}")
     return v
 
-
 def _is_int(v, lo=1, hi=math.inf) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and lo <= v < hi  # a bool is no count
-
 
 def _is_real(v, lo=-math.inf, hi=math.inf) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and lo <= v <= hi
 
-
 def _int(name: str, v, lo: int = 1, none: bool = False):
     return _check(_is_int(v, lo) or (none and v is None), name, v,
                   ("a positive int" if lo == 1 else f"an int >= {lo}") + (" or None" if none else ""))
-
 
 def _number(name: str, v, lo: float = 0.0, hi: float = math.inf):
     """A finite number in [lo, hi]; _number(name, v, 0, 1) is a fraction (NaN is never one)."""
     return _check(_is_real(v, lo, hi), name, v, f"a number in [{lo:g}, {hi:g}]" if hi < math.inf
                   else f"a finite number >= {lo:g}")
 
-
 def _choice(name: str, v, options):
     return _check(isinstance(v, (str, type(None))) and v in options, name, v, " or ".join(map(repr, options)))
-
 
 def _flags(**flags):
     for k, v in flags.items():
         _check(isinstance(v, (bool, np.bool_)), k, v, "True or False")
-
 
 def _float(name: str, v) -> float:
     """float(v) for a number or a one-element tensor or array (what a metric returns)."""
     return float(_check(isinstance(v, numbers.Real) or isinstance(v, np.ndarray) and v.size == 1
                         or torch.is_tensor(v) and v.numel() == 1, name, v, "a number"))
 
-
 def _dtype(dtype):
     return _check(dtype is None or isinstance(dtype, torch.dtype) and dtype.is_floating_point, "dtype", dtype,
                   "a floating-point torch dtype (e.g. torch.float64) or None")
 
-
-# ----------------------------------------------------------------------------------------------------------
-# Geometry
-
-
+# -- Geometry ----------------------------------------------------------------------------------------
 def neuron_coords(n: int, geometry: str = "line", fold: int = 1, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Positions of the n neurons of one layer, shape (n, 1) for 'line' and (n, 2) for 'grid' and 'ring'.
-
-    A layer with fold f is f stacked copies of n/f neurons (e.g. the concatenated embeddings of a and b, or
-    q|k|v): the n/f positions repeat f times, so copy c of unit u sits where unit u does.
-    - line: unit k of m at x = (2k+1)/(2m) on [0, 1];
-    - grid: m must be a square s*s; unit k at column k % s, row k // s, cell centres on [0, 1]^2;
-    - ring: m units on a circle of radius 1/4 centred at (0.5, 0.5), unit k at angle 2 pi (2k+1)/(2m), the
-      angular cell centres (the MNIST outputs, as in the authors' code).
-    """
+    """Positions of the n neurons of one layer, (n, 1) for 'line', (n, 2) for 'grid' and 'ring'. A layer with
+    fold f is f stacked copies of m = n/f units (the a|b embeddings, q|k|v): copy c of unit k sits where k does.
+    line: unit k at x = (2k+1)/(2m) on [0, 1]; grid (m = s*s): column k % s, row k // s, cell centres on
+    [0, 1]^2; ring: angle 2 pi (2k+1)/(2m) on a circle of radius 1/4 about (0.5, 0.5) (MNIST's outputs)."""
     _check(_is_int(n), "layer width", n, "a positive integer")
     _check(_is_int(fold) and n % fold == 0, "fold", fold, f"a positive integer dividing the layer width {n}")
     m = n // fold
@@ -116,7 +92,6 @@ def neuron_coords(n: int, geometry: str = "line", fold: int = 1, dtype: torch.dt
         raise ValueError(f"unknown geometry {geometry!r}; expected 'line', 'grid' or 'ring'")
     return c.repeat(fold, 1)
 
-
 def manhattan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Pairwise Manhattan distances, (n, d) x (m, d) -> (n, m). In 1D it is |dx|."""
     if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[1]:
@@ -124,19 +99,11 @@ def manhattan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
                          f"{tuple(b.shape)}; expected (n, d) and (m, d) with the same d")
     return (a[:, None, :] - b[None, :, :]).abs().sum(-1)
 
-
-# ----------------------------------------------------------------------------------------------------------
-# Layers
-
-
+# -- Layers ------------------------------------------------------------------------------------------
 class BioLinear(nn.Linear):
-    """nn.Linear whose input and output neurons carry coordinates (buffers, not learned).
-
-    `dist` (out, in) holds every connection's length, computed once from the coordinates. Neurons never
-    move: a swap exchanges the weights of two positions, so coordinates and distances stay fixed.
-    Coordinates and lengths follow the weights' dtype: `.double()` recomputes them in float64 rather than
-    casting float32 values (whose rounding, ~1e-7, would exceed the swap pass's tie tolerance).
-    """
+    """nn.Linear whose input and output neurons carry coordinates (buffers), and `dist` (out, in), every
+    connection's length. Neurons never move: a swap exchanges weights. Coordinates follow the weights' dtype,
+    recomputed by `.double()`, not cast (float32 rounding, ~1e-7, would exceed the swap pass's tie tolerance)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, in_geometry: str = "line",
                  out_geometry: str = "line", in_fold: int = 1, out_fold: int = 1,
@@ -156,9 +123,9 @@ class BioLinear(nn.Linear):
         self._place()
 
     def _place(self) -> None:
-        kw = dict(dtype=self.weight.dtype)
-        self.in_coords = neuron_coords(self.in_features, self.in_geometry, self.in_fold, **kw).to(self.weight.device)
-        self.out_coords = neuron_coords(self.out_features, self.out_geometry, self.out_fold, **kw).to(self.weight.device)
+        dtype, device = self.weight.dtype, self.weight.device
+        self.in_coords = neuron_coords(self.in_features, self.in_geometry, self.in_fold, dtype).to(device)
+        self.out_coords = neuron_coords(self.out_features, self.out_geometry, self.out_fold, dtype).to(device)
         self.dist = manhattan(self.out_coords, self.in_coords)
 
     def reset_parameters(self) -> None:
@@ -195,24 +162,18 @@ class BioLinear(nn.Linear):
         super()._load_from_state_dict(*args, **kwargs)
         self.dist = manhattan(self.out_coords, self.in_coords)  # coordinates may have been replaced
 
-
 class Member(NamedTuple):
-    """A tensor slice owned by the units of a NeuronLayer: unit u owns entries index[:, u] of
-    getattr(module, attr) along dim (index (copies, n_units); copies > 1 for folds and for heads).
-    role 'incoming': a BioLinear weight whose rows are the unit's incoming connections; 'outgoing': one whose
-    columns are its outgoing connections; 'embedding': a token embedding feeding the unit; None: carried
-    along (biases, permutations, LayerNorm parameters)."""
+    """Unit u of a NeuronLayer owns entries index[:, u] (index (copies, n_units)) of getattr(module, attr) along
+    dim. role: 'incoming' / 'outgoing', a BioLinear weight's rows / columns; 'embedding'; None: carried along."""
     module: nn.Module
     attr: str
     dim: int
     index: torch.Tensor
     role: str | None = None
 
-
 @dataclass
 class NeuronLayer:
-    """One layer of swappable units and every tensor slice that belongs to each unit (`members`).
-    fixed: the units never move (e.g. MNIST pixels)."""
+    """One layer of swappable units and the tensor slices each owns (`members`); fixed: never moved (pixels)."""
     name: str
     n_units: int
     members: list = field(default_factory=list)
@@ -222,7 +183,6 @@ class NeuronLayer:
         _int(f"neuron layer {self.name!r}: n_units", self.n_units)
 
     def add(self, module: nn.Module, attr: str, dim: int, index: torch.Tensor, role: str | None = None):
-        """Checked here, where a custom model makes its mistakes, rather than deep inside a swap."""
         t, index, where = getattr(module, attr, None), torch.as_tensor(index), f"{self.name!r}: {type(module).__name__}"
         _check(torch.is_tensor(t) and _is_int(dim, 0, t.dim()), f"neuron layer {where}.{attr}: dim", dim,
                "a dim of a tensor attribute")
@@ -245,17 +205,14 @@ class NeuronLayer:
         """lin reads these units: its weight columns move with them."""
         self.add(lin, "weight", 1, index, "outgoing")
 
-
 def fold_index(n: int, fold: int) -> torch.Tensor:
     """(fold, n // fold) index: unit u of a folded layer owns positions u, u + n/f, u + 2n/f, ..."""
     _check(_is_int(n) and _is_int(fold) and n % fold == 0, "fold", fold, f"a positive int dividing {n!r}")
     return torch.arange(n).view(fold, n // fold)
 
-
 class Edge(NamedTuple):
-    """`linear` reads row src and writes row dst. cols[j]: the src position that the linear's input j reads
-    (None: the whole row, in order). linear None: an identity (a residual skip) between rows of one width,
-    drawn grey, never pruned and not counted as a connection."""
+    """`linear` reads row src and writes row dst; cols[j]: the src position its input j reads (None: all, in
+    order). linear None: an identity (a residual skip), drawn grey, never pruned, not counted as a connection."""
     name: str
     linear: BioLinear | None
     src: int
@@ -265,13 +222,11 @@ class Edge(NamedTuple):
     def src_cols(self):
         return slice(None) if self.cols is None else self.cols
 
-
 @dataclass
 class Row:
-    """One row of neurons as analysis and drawing see it. coords (n, d); kind 'input', 'hidden' or 'output';
-    unit[p]: the unit at position p (default p mod n/fold: the fold copies of an embedding dim or of a
-    q|k|v channel are one unit); caller[p]: the caller's index of the input or output at position p
-    (the model's in_perm / out_perm; None for hidden rows)."""
+    """One row of neurons as analysis and drawing see it. coords (n, d); unit[p]: the unit at position p
+    (default p mod n/fold: fold copies are one unit); caller[p]: the caller's index of the input or output at
+    position p (in_perm / out_perm; None for hidden rows)."""
     name: str
     coords: torch.Tensor
     kind: str = "hidden"
@@ -293,16 +248,13 @@ class Row:
         if self.caller is not None:
             self.caller = self.caller.cpu()
 
-
 @dataclass
 class Graph:
-    """Rows of neurons (bottom to top) and the edges between them; what analysis and plotting walk.
-    Edges are listed so that every row is written before it is read."""
+    """Rows of neurons (bottom to top) and the edges between them, each row written before it is read."""
     rows: list
     edges: list
 
     def __post_init__(self):
-        """Checks what analysis and drawing rely on, naming the row or edge at fault (a custom graph())."""
         self.edges, rows = [Edge(*e) for e in self.edges], self.rows
         kinds, n = [r.kind for r in rows], [len(r.unit) for r in rows]
         _check(kinds.count("input") == 1 and "output" in kinds, "a graph's row kinds", kinds,
@@ -331,12 +283,10 @@ class Graph:
         return names.index(row)
 
     def upto(self, name: str) -> "Graph":
-        """The network below and including row `name`, which becomes the output row (its positions are
-        its outputs): e.g. the modules of an embedding are those of graph.upto(last hidden row)."""
+        """The network up to row `name`, which becomes the output row (e.g. to find an embedding's modules)."""
         k = self.index(name)
         top = Row(name, self.rows[k].coords, "output", self.rows[k].fold, torch.arange(len(self.rows[k].coords)))
         return Graph(self.rows[:k] + [top], [e for e in self.edges if e.dst <= k])
-
 
 def _activation(name: str):
     acts = {"silu": F.silu, "relu": F.relu, "gelu": F.gelu, "tanh": torch.tanh,
@@ -345,20 +295,13 @@ def _activation(name: str):
         raise ValueError(f"unknown activation {name!r}; expected one of {sorted(acts)}")
     return acts[name]
 
-
-# ----------------------------------------------------------------------------------------------------------
-# Models
-
-
+# -- Models ------------------------------------------------------------------------------------------
 class SwappableModel(nn.Module):
-    """A model BIMT can train, swap, analyse and draw. It describes itself twice over the same neurons:
-    - neuron_layers(): the swappable layers, input first, and every tensor slice each unit owns (what a
-      swap moves and what the connection cost of a placement reads);
-    - graph(): the rows of neurons and the BioLinears between them (what analysis and drawing walk).
-    Both are built on demand from the current tensors. A subclass with embed(x) (caller inputs -> input-row
-    activations in position order), forward_internal(h, record) (position order in and out; appends every
-    row's activations to record) and an out_perm buffer gets forward() and activations(). BioMLP and
-    BioTransformer are the examples; tests/test_custom_model.py shows a third."""
+    """A model BIMT can train, swap, analyse and draw, described twice over the same neurons, on demand:
+    neuron_layers() (what a swap moves) and graph() (what analysis and drawing walk). A subclass with embed(x)
+    (caller inputs -> input-row activations), forward_internal(h, record) (position order in and out; appends
+    every row's activations to record) and an out_perm buffer gets forward() and activations()
+    (tests/test_custom_model.py shows one beside BioMLP and BioTransformer)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # index_select, not [..., perm]: on CPU the backward of advanced indexing is an accumulating
@@ -366,8 +309,7 @@ class SwappableModel(nn.Module):
         return self.forward_internal(self.embed(x)).index_select(-1, torch.argsort(self.out_perm))
 
     def activations(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The activations of every row of `graph()` for caller inputs x, in internal (position) order
-        (BioMLP: (B, width) per row; BioTransformer: (B, T, width), q|k|v for attention rows)."""
+        """Every row's activations of `graph()`, in position order, (B, width) or (B, T, width), for inputs x."""
         record = []
         self.forward_internal(self.embed(x), record)
         return record
@@ -376,20 +318,12 @@ class SwappableModel(nn.Module):
         """Exchange units j and k of a neuron layer (index or name); the function is unchanged."""
         swap_units(self, layer, j, k, optimizer)
 
-
 class BioMLP(SwappableModel):
-    """The MLPs of the paper: shape [n0, n1, ..., nL] of BioLinear layers with an activation in between.
-
-    geometry:     'line' (1D) or 'grid' (2D) for the input and hidden layers.
-    out_geometry: geometry of the output layer, default the same; 'ring' puts MNIST's outputs on a circle.
-    in_fold:      the input layer is in_fold stacked copies (concatenated operand embeddings).
-    vocab_size:   if set, the input is in_fold tokens per example, embedded by a learned (vocab, n0 / in_fold)
-                  table and concatenated: x (B, in_fold) long -> concat(E[x[:, 0]], E[x[:, 1]], ...).
-    fix_inputs:   input neurons are never swapped (pixels keep their place).
-
-    in_perm[p] is the caller's input feature sitting at input position p, out_perm[p] the caller's output at
-    output position p; swaps update them so the caller always sees the original order.
-    """
+    """The MLPs of the paper: BioLinear layers of widths shape = [n0, ..., nL], an activation in between.
+    geometry: 'line' or 'grid' for the input and hidden layers; out_geometry (default the same) e.g. 'ring'.
+    vocab_size: x is (B, in_fold) long tokens, embedded by a learned (vocab, n0 / in_fold) table and concatenated.
+    fix_inputs: input neurons are never swapped (pixels). in_perm[p] / out_perm[p]: the caller's input / output
+    at position p; swaps update them, so the caller always sees the original order."""
 
     def __init__(self, shape, geometry: str = "line", out_geometry: str | None = None, in_fold: int = 1,
                  vocab_size: int | None = None, activation: str = "silu", fix_inputs: bool = False,
@@ -412,13 +346,10 @@ class BioMLP(SwappableModel):
         self.linears = nn.ModuleList(
             BioLinear(shape[i], shape[i + 1], bias, geos[i], geos[i + 1], folds[i], folds[i + 1], generator, dtype)
             for i in range(len(shape) - 1))
-        if vocab_size is not None:
-            self.embedding = nn.Parameter(torch.randn(vocab_size, shape[0] // in_fold, generator=generator,
-                                                      dtype=dtype))
-            self.register_buffer("in_perm", None)  # tokens are not features: nothing to permute
-        else:
-            self.embedding = None
-            self.register_buffer("in_perm", torch.arange(shape[0]))
+        self.embedding = None if vocab_size is None else nn.Parameter(
+            torch.randn(vocab_size, shape[0] // in_fold, generator=generator, dtype=dtype))
+        # tokens are not features: nothing to permute
+        self.register_buffer("in_perm", torch.arange(shape[0]) if vocab_size is None else None)
         self.register_buffer("out_perm", torch.arange(shape[-1]))
 
     @property
@@ -441,8 +372,7 @@ class BioMLP(SwappableModel):
         return self.embedding[x].flatten(1)
 
     def forward_internal(self, h: torch.Tensor, record: list | None = None) -> torch.Tensor:
-        """Input-layer activations (B, n0) -> output-layer activations (B, nL), both in internal (position)
-        order. record: a list that receives every row's activations, input first (see `activations`)."""
+        """Input row (B, n0) -> output row (B, nL), in position order; record receives every row's activations."""
         rec = (record if record is not None else []).append  # references only: nothing is copied
         for i, lin in enumerate(self.linears):
             rec(h)
@@ -453,20 +383,19 @@ class BioMLP(SwappableModel):
         return h
 
     def neuron_layers(self) -> list[NeuronLayer]:
-        """The swappable layers, input first. Built on demand: they reference the current tensors."""
-        n = len(self.linears)
-        layers = []
-        for i in range(n + 1):
+        """The swappable layers, input first, referencing the current tensors."""
+        n, layers = len(self.linears), []
+        for i, width in enumerate(self.shape):
             fold = self.in_fold if i == 0 else 1
-            idx = fold_index(self.shape[i], fold)
-            name = "input" if i == 0 else ("output" if i == n else f"hidden{i}")
-            layer = NeuronLayer(name, self.shape[i] // fold, fixed=(i == 0 and self.fix_inputs))
-            if i == 0 and self.embedding is not None:
-                layer.add(self, "embedding", 1, idx[:1], "embedding")
-            elif i == 0:
-                layer.add(self, "in_perm", 0, idx)
-            else:
+            idx = fold_index(width, fold)
+            layer = NeuronLayer("input" if i == 0 else "output" if i == n else f"hidden{i}", width // fold,
+                                fixed=i == 0 and self.fix_inputs)
+            if i > 0:
                 layer.incoming(self.linears[i - 1], idx)
+            elif self.embedding is not None:
+                layer.add(self, "embedding", 1, idx[:1], "embedding")
+            else:
+                layer.add(self, "in_perm", 0, idx)
             if i < n:
                 layer.outgoing(self.linears[i], idx)
             else:
@@ -475,28 +404,19 @@ class BioMLP(SwappableModel):
         return layers
 
     def graph(self) -> "Graph":
-        """The chain input -> hidden1 -> ... -> output, rows named as in `neuron_layers`. With an embedding
-        the input row's units are the embedding dims (the fold copies of dim d are one unit, named d)."""
-        lins, n = self.linears, len(self.linears)
-        first = lins[0]
-        if self.embedding is None:
-            inp = Row("input", first.in_coords, "input", first.in_fold, caller=self.in_perm,
-                      unit=torch.arange(self.shape[0]))
-        else:  # the caller's input p is embedding dim p: its fold copies are one unit
-            inp = Row("input", first.in_coords, "input", first.in_fold,
-                      caller=torch.arange(self.shape[0]) % (self.shape[0] // first.in_fold))
-        rows = [inp] + [Row(f"hidden{i}", lins[i].in_coords) for i in range(1, n)]
+        """The chain input -> hidden1 -> ... -> output, rows named as in `neuron_layers`."""
+        lins, n, n0 = self.linears, len(self.linears), self.shape[0]
+        # with an embedding, the caller's input p is embedding dim p, and its fold copies are one unit
+        caller, unit = (self.in_perm, torch.arange(n0)) if self.embedding is None else (
+            torch.arange(n0) % (n0 // self.in_fold), None)
+        rows = [Row("input", lins[0].in_coords, "input", self.in_fold, caller, unit)]
+        rows += [Row(f"hidden{i}", lins[i].in_coords) for i in range(1, n)]
         rows.append(Row("output", lins[-1].out_coords, "output", caller=self.out_perm))
         return Graph(rows, [(f"linears.{i}", lin, i, i + 1) for i, lin in enumerate(lins)])
 
-
 class BioBlock(nn.Module):
-    """One transformer block on a (B, T, d_model) residual stream: x + attn(ln1(x)), then x + mlp(ln2(x)).
-
-    Causal multi-head self-attention with q|k|v as one BioLinear (d_model -> 3 d_model, out_fold 3, so the
-    q, k and v of channel c sit at the same place); head h owns channels [h dh, (h+1) dh) of each of q, k, v.
-    The MLP is d_model -> d_mlp -> d_model with GELU. ln1, ln2 are nn.Identity without layer_norm.
-    """
+    """One block on a (B, T, d_model) residual stream: x + attn(ln1(x)), then x + mlp(ln2(x)). q|k|v is one
+    BioLinear with out_fold 3 (channel c's q, k, v at one place); head h owns channels [h dh, (h+1) dh)."""
 
     def __init__(self, d_model: int, n_heads: int, d_mlp: int, layer_norm: bool, bias: bool,
                  generator: torch.Generator | None, dtype: torch.dtype | None = None, activation: str = "gelu"):
@@ -512,8 +432,7 @@ class BioBlock(nn.Module):
         self.mlp_out = BioLinear(d_mlp, d_model, bias, **kw)
 
     def attention(self, x: torch.Tensor, rec=None) -> torch.Tensor:
-        """(B, T, d_model) -> (B, T, d_model): what the attention writes to the residual stream.
-        rec(t), if given, receives q|k|v (B, T, 3 d_model)."""
+        """(B, T, d_model) -> what attention writes to the stream, (B, T, d_model); rec receives q|k|v."""
         B, T, C = x.shape
         qkv = self.qkv(x)
         if rec is not None:
@@ -530,22 +449,12 @@ class BioBlock(nn.Module):
             rec(h)
         return self.mlp_out(h)
 
-
 class BioTransformer(SwappableModel):
-    """The transformer of Fig 7: input linear in_dim -> d_model, n_blocks BioBlocks, output linear
-    d_model -> out_dim; no token or positional embedding, so any sequence length works.
-    x (B, T, in_dim) -> (B, T, out_dim). Every linear is a BioLinear on a line.
-
-    layer_norm: pre-norm LayerNorms in each block and before the output linear. Off by default: the paper's
-    released run defined them but left them out of the forward pass.
-
-    Swaps keep the function: a residual-stream neuron moves in every linear that writes to the stream (input
-    linear, attention outputs, MLP outputs) or reads from it (q|k|v, MLP inputs, output linear) and in every
-    LayerNorm; a head moves as a whole (its q, k, v rows and attention-output columns); a neuron inside a
-    head moves in q, k and v together, which keeps q.k and the value it carries. in_perm / out_perm keep the
-    caller's feature order along the last dim, as in BioMLP.
-    activation: of the MLPs; 'gelu_tanh' is the tanh approximation of the authors' code.
-    """
+    """The transformer of Fig 7, x (B, T, in_dim) -> (B, T, out_dim): a BioLinear in_dim -> d_model, n_blocks
+    BioBlocks, a BioLinear d_model -> out_dim; no token or positional embedding. layer_norm: pre-norm
+    LayerNorms (off, as in the paper's released run). activation: the MLPs'; 'gelu_tanh' as the authors'.
+    Swaps keep the function: a residual neuron moves in every linear and LayerNorm of the stream, a head as a
+    whole, a channel of a head in q, k and v together. in_perm / out_perm as in BioMLP."""
 
     def __init__(self, in_dim: int, out_dim: int, d_model: int = 32, n_blocks: int = 2, n_heads: int = 1,
                  d_mlp: int = 128, layer_norm: bool = False, bias: bool = True, activation: str = "gelu",
@@ -576,8 +485,7 @@ class BioTransformer(SwappableModel):
         return x.index_select(-1, self.in_perm)
 
     def forward_internal(self, x: torch.Tensor, record: list | None = None) -> torch.Tensor:
-        """(B, T, in_dim) -> (B, T, out_dim), both in internal (position) order. record: a list that receives
-        every row's activations in the order of `graph()` (see `activations`)."""
+        """(B, T, in_dim) -> (B, T, out_dim), in position order; record receives every row's activations."""
         rec = (record if record is not None else []).append  # references only: nothing is copied
         rec(x)
         h = self.embed_in(x)
@@ -592,9 +500,8 @@ class BioTransformer(SwappableModel):
         return y
 
     def neuron_layers(self) -> list[NeuronLayer]:
-        """'input', 'residual', then per block b 'block{b}.heads' (units: heads), 'block{b}.head{h}' (units:
-        channels of head h) and 'block{b}.mlp_hidden', then 'output'. No BioLinear is both incoming and
-        outgoing to one layer, so `relocate`'s separable swap cost applies."""
+        """'input', 'residual', per block b 'block{b}.heads', 'block{b}.head{h}' (its channels) and
+        'block{b}.mlp_hidden', then 'output'; no BioLinear is on both sides of one layer (see `relocate`)."""
         d, nh, dh = self.d_model, self.n_heads, self.d_model // self.n_heads
         inp = NeuronLayer("input", self.in_dim)
         inp.add(self, "in_perm", 0, fold_index(self.in_dim, 1))
@@ -635,11 +542,8 @@ class BioTransformer(SwappableModel):
         return layers + [out]
 
     def graph(self) -> "Graph":
-        """Rows input, embed (the residual stream after the input linear), then per block b: attention{b}
-        (q|k|v, three stacked copies of the head channels; a channel's q, k, v are one unit, as in
-        `neuron_layers`), residual, mlp{b} (hidden units), residual; then output. The attention output
-        linear reads the v copy (attention mixes positions, never channels). Residual skips are identity
-        edges."""
+        """Rows input, embed, per block b attention{b} (q|k|v, fold 3), residual, mlp{b}, residual, then output.
+        attn_out reads the v copy (attention mixes positions, never channels); residual skips are identities."""
         d = self.d_model
         rows = [Row("input", self.embed_in.in_coords, "input", caller=self.in_perm,
                     unit=torch.arange(self.in_dim)), Row("embed", self.embed_in.out_coords)]
@@ -658,29 +562,21 @@ class BioTransformer(SwappableModel):
         rows.append(Row("output", self.unembed.out_coords, "output", caller=self.out_perm))
         return Graph(rows, edges + [("unembed", self.unembed, res, len(rows) - 1)])
 
-
-# ----------------------------------------------------------------------------------------------------------
-# Connection cost
-
-
+# -- Connection cost ---------------------------------------------------------------------------------
 def _linears(model: nn.Module) -> list[BioLinear]:
     _check(isinstance(model, nn.Module), "model", type(model).__name__, "an nn.Module", TypeError)
     lins = [m for m in model.modules() if isinstance(m, BioLinear)]
-    if not lins:
-        raise ValueError(f"{type(model).__name__} has no BioLinear layers to pay a connection cost for")
+    _check(lins, "model", type(model).__name__, "a model with BioLinear layers to pay a connection cost for")
     return lins
-
 
 def _cost_args(weight_factor, l0, agg, **flags):
     _number("weight_factor", weight_factor), _number("l0", l0), _choice("agg", agg, ("sum", "mean")), _flags(**flags)
 
-
 def cost_terms(model: nn.Module, weight_factor: float = 1.0, l0: float = 0.1, agg: str = "sum",
                bias_penalty: bool = False, embedding_penalty: bool = False,
                last_layer_l0_only: bool = False) -> list:
-    """The connection cost as terms (tensor, coef, factor), each worth factor * sum(|tensor| * coef)
-    (coef None: 1). A BioLinear weight W_ij has coef A * d_ij + l0. Computed once per training phase and
-    reused at every step: the coefficients only depend on positions, which never move."""
+    """The connection cost as terms (tensor, coef, factor) worth factor * sum(|tensor| * coef) (coef None: 1);
+    W_ij's coef is A d_ij + l0. Positions never move, so `train` builds them once per phase."""
     _cost_args(weight_factor, l0, agg, bias_penalty=bias_penalty, embedding_penalty=embedding_penalty,
                last_layer_l0_only=last_layer_l0_only)
     lins, terms = _linears(model), []
@@ -695,7 +591,6 @@ def cost_terms(model: nn.Module, weight_factor: float = 1.0, l0: float = 0.1, ag
         terms.append((emb, None, scale(emb) * l0))
     return terms
 
-
 def sum_terms(terms: list) -> torch.Tensor:
     """The cost of `cost_terms`: a scalar tensor with gradients."""
     cost = None
@@ -707,24 +602,16 @@ def sum_terms(terms: list) -> torch.Tensor:
         raise ValueError("sum_terms needs the non-empty list of terms of cost_terms, got none")
     return cost
 
-
 def connection_cost(model: nn.Module, weight_factor: float = 1.0, l0: float = 0.1, agg: str = "sum",
                     bias_penalty: bool = False, embedding_penalty: bool = False,
                     last_layer_l0_only: bool = False) -> torch.Tensor:
-    """agg_ij |W_ij| (A d_ij + l0) summed over every BioLinear, + agg |b| l0 with bias_penalty,
-    + agg |E| l0 for the token embedding with embedding_penalty. A scalar tensor with gradients.
-
-    agg 'sum' adds every term; 'mean' averages within each tensor (the paper's setting for Fig 5-8).
-    last_layer_l0_only: the last BioLinear pays l0 * |w| only, without the distance term (MNIST).
-    """
+    """Scalar tensor: agg_ij |W_ij| (A d_ij + l0) over every BioLinear, + agg |b| l0 with bias_penalty, + agg |E|
+    l0 with embedding_penalty. agg 'sum', or 'mean' within each tensor (Fig 5-8). last_layer_l0_only: the last
+    BioLinear pays l0 |w| only (MNIST)."""
     return sum_terms(cost_terms(model, weight_factor, l0, agg, bias_penalty, embedding_penalty,
                                 last_layer_l0_only))
 
-
-# ----------------------------------------------------------------------------------------------------------
-# Swapping
-
-
+# -- Swapping ----------------------------------------------------------------------------------------
 def _neuron_layers(model: nn.Module) -> list[NeuronLayer]:
     if not callable(getattr(model, "neuron_layers", None)):
         raise TypeError(f"{type(model).__name__} cannot be swapped: it needs a neuron_layers() method listing "
@@ -733,11 +620,9 @@ def _neuron_layers(model: nn.Module) -> list[NeuronLayer]:
     return _check(isinstance(layers, list) and all(isinstance(nl, NeuronLayer) for nl in layers),
                   f"{type(model).__name__}.neuron_layers()", layers, "a list of NeuronLayers", TypeError)
 
-
 def _optimizer(optimizer):
     return _check(optimizer is None or isinstance(optimizer, torch.optim.Optimizer), "optimizer", optimizer,
                   "a torch.optim.Optimizer or None", TypeError)
-
 
 def _get_layer(model: nn.Module, layer) -> NeuronLayer:
     if isinstance(layer, NeuronLayer):
@@ -751,19 +636,10 @@ def _get_layer(model: nn.Module, layer) -> NeuronLayer:
     return layers[_check(_is_int(layer, -len(layers), len(layers)), "layer", layer,
                          f"a name or an index in [0, {len(layers)})")]
 
-
-def _with_state(t: torch.Tensor, optimizer: torch.optim.Optimizer | None) -> list[torch.Tensor]:
-    """t and the optimizer's per-parameter state shaped like it (e.g. Adam's moments): what a swap moves."""
-    state = optimizer.state.get(t, {}) if optimizer is not None else {}
-    return [t, *(v for v in state.values() if torch.is_tensor(v) and v.shape == t.shape)]
-
-
 def permute_units(model: nn.Module, layer, perm: torch.Tensor,
                   optimizer: torch.optim.Optimizer | None = None) -> None:
-    """Rearrange the units of `layer` (index, name or NeuronLayer): position p receives the unit now at
-    perm[p]. Moves every member tensor, and with an optimizer its per-parameter state (e.g. Adam's moments)
-    too, so that training goes on as if nothing had moved (without one, the moments stay at their
-    positions, as in the authors' code). One gather per tensor, whatever the number of swaps."""
+    """Position p of `layer` (index, name or NeuronLayer) receives the unit now at perm[p]: every member tensor
+    moves, and the optimizer's per-parameter state if given (else it stays, as in the authors' code)."""
     nl, optimizer = _get_layer(model, layer), _optimizer(optimizer)
     if nl.fixed:
         raise ValueError(f"neuron layer {nl.name!r} is fixed (fix_inputs=True); its neurons cannot be swapped")
@@ -775,10 +651,10 @@ def permute_units(model: nn.Module, layer, perm: torch.Tensor,
         full = torch.arange(t.shape[m.dim])
         full[m.index] = m.index[:, perm]  # every copy of a unit moves with it
         full = full.to(t.device)
+        state = optimizer.state.get(t, {}) if optimizer is not None else {}  # e.g. Adam's moments, shaped like t
         with torch.no_grad():
-            for v in _with_state(t, optimizer):
+            for v in [t, *(v for v in state.values() if torch.is_tensor(v) and v.shape == t.shape)]:
                 v.copy_(v.index_select(m.dim, full))  # index_select copies first: no aliasing
-
 
 def swap_units(model: nn.Module, layer, j: int, k: int,
                optimizer: torch.optim.Optimizer | None = None) -> None:
@@ -790,10 +666,8 @@ def swap_units(model: nn.Module, layer, j: int, k: int,
     perm[[j, k]] = perm[[k, j]]
     permute_units(model, nl, perm, optimizer)
 
-
 def neuron_scores(nl: NeuronLayer) -> torch.Tensor:
-    """Per unit: sum |incoming weights| + sum |outgoing weights| (all fold copies; an embedding counts as
-    incoming). Shape (n_units,)."""
+    """(n_units,) float64: sum |incoming| + sum |outgoing weights| over fold copies (an embedding: incoming)."""
     score = torch.zeros(nl.n_units, dtype=torch.float64)
     for m in nl.members:
         if m.role is None:
@@ -803,12 +677,9 @@ def neuron_scores(nl: NeuronLayer) -> torch.Tensor:
         score += per_pos[m.index].sum(0).cpu()
     return score
 
-
 def placement_costs(nl: NeuronLayer, coefs: dict) -> torch.Tensor:
-    """coefs: {weight tensor: (coef, factor)} of `cost_terms`.
-    P[a, p] = connection cost of the weights of the unit now at position a if it sat at position p
-    (float64, shape (n_units, n_units)). Swapping j and k changes the total cost by
-    P[j, k] + P[k, j] - P[j, j] - P[k, k]: one matrix product per BioLinear scores every candidate."""
+    """P (n_units, n_units) float64: P[a, p] the cost of the unit at a if it sat at p (coefs: {weight: (coef,
+    factor)} of `cost_terms`). Swapping j, k changes the cost by P[j, k] + P[k, j] - P[j, j] - P[k, k]."""
     P = torch.zeros(nl.n_units, nl.n_units, dtype=torch.float64)
     sides = {"incoming": set(), "outgoing": set()}
     for m in nl.members:
@@ -825,25 +696,15 @@ def placement_costs(nl: NeuronLayer, coefs: dict) -> torch.Tensor:
         raise NotImplementedError(f"layer {nl.name!r} has a BioLinear on both sides; its swap cost is not separable")
     return P
 
-
 SWAP_TOL = 1e-9  # a swap must lower the cost by more than this fraction of the total: ties are not swaps
-
 
 def relocate(model: nn.Module, top_k: int, optimizer: torch.optim.Optimizer | None = None,
              follow: str = "neurons", **cost_kwargs) -> int:
-    """The paper's greedy swap pass; returns the number of swaps made.
-
-    For each neuron layer in order (fixed layers skipped), rank units by `neuron_scores`, take the top_k, and
-    for each in turn find the partner whose swap gives the lowest total connection cost; swap if that lowers
-    the cost by more than SWAP_TOL of the total (exact ties, e.g. output swaps when the last layer pays l0
-    only, would otherwise be decided by rounding). This chooses exactly what recomputing `connection_cost`
-    for every candidate would (tests/test_core.py checks it against that brute force), at the price of one
-    small matrix product per layer.
-    follow: 'neurons' visits each ranked unit wherever earlier swaps moved it; 'positions' visits the
-    positions the ranked units held when ranked, whichever unit sits there by then (the authors' code).
-    optimizer: its per-parameter state moves with the units (None: it stays at its positions).
-    cost_kwargs: those of `connection_cost` (biases and embeddings do not depend on position).
-    """
+    """The paper's greedy swap pass; returns the number of swaps. Per unfixed neuron layer, each of the top_k
+    units by `neuron_scores` swaps with the partner that lowers `connection_cost(**cost_kwargs)` most, if by more
+    than SWAP_TOL of the total (ties are no swaps); the same choice as brute force (tests/test_core.py).
+    follow: 'neurons' visits each ranked unit where earlier swaps moved it, 'positions' the positions they held
+    when ranked (the authors' code). optimizer: its state moves with the units (see `permute_units`)."""
     _int("top_k (units tried per layer)", top_k, 0), _choice("follow", follow, ("neurons", "positions"))
     optimizer, layers, terms = _optimizer(optimizer), _neuron_layers(model), cost_terms(model, **cost_kwargs)
     with torch.no_grad():
@@ -875,11 +736,7 @@ def relocate(model: nn.Module, top_k: int, optimizer: torch.optim.Optimizer | No
             permute_units(model, nl, torch.from_numpy(perm), optimizer)
     return swaps
 
-
-# ----------------------------------------------------------------------------------------------------------
-# Analysis
-
-
+# -- Analysis ----------------------------------------------------------------------------------------
 def network_graph(model: nn.Module, graph: Graph | None = None) -> Graph:
     """graph if given, else model.graph(), with a clear error for a model that does not describe itself."""
     if graph is None:
@@ -891,10 +748,8 @@ def network_graph(model: nn.Module, graph: Graph | None = None) -> Graph:
     _check(isinstance(graph, Graph), "graph", type(graph).__name__, "a bc.Graph (see BioMLP.graph)", TypeError)
     return graph
 
-
 def surviving(graph: Graph, threshold: float = 0.0) -> list[torch.Tensor]:
-    """Per edge, the (out, in) bool mask of connections with w != 0 and |w| >= threshold * max |w| of
-    that layer (threshold is relative: 0 keeps every non-zero weight, 1 only the strongest)."""
+    """Per edge, the (out, in) bool mask of w != 0 with |w| >= threshold * max |w| of its layer (threshold: [0, 1])."""
     _number("threshold", threshold, 0, 1)
     masks = []
     for _, lin, _, d, _ in graph.edges:
@@ -902,29 +757,29 @@ def surviving(graph: Graph, threshold: float = 0.0) -> list[torch.Tensor]:
         masks.append((w > 0) & (w >= threshold * w.max()))
     return masks
 
+def _ends(graph: Graph, masks: list, skips: bool = True) -> tuple[list, list]:
+    """Per row, a bool per position: (an incoming, an outgoing) connection in masks (with skips: identities too)."""
+    has_in, has_out = ([torch.zeros(len(r.coords), dtype=torch.bool) for r in graph.rows] for _ in range(2))
+    for e, m in zip(graph.edges, masks):
+        if skips or e.linear is not None:
+            has_out[e.src][e.src_cols()] |= m.any(0)
+            has_in[e.dst] |= m.any(1)
+    return has_in, has_out
 
 def active_neurons(graph: Graph, masks: list) -> list[torch.Tensor]:
-    """Per row, a bool per unit. A neuron is active if it keeps at least one incoming and one outgoing
-    connection; inputs need only an outgoing one, outputs only an incoming one. Folded copies of an
-    embedded input count as one unit, active if any copy is."""
-    has_in = [torch.zeros(len(r.coords), dtype=torch.bool) for r in graph.rows]
-    has_out = [torch.zeros(len(r.coords), dtype=torch.bool) for r in graph.rows]
-    for e, m in zip(graph.edges, masks):
-        has_out[e.src][e.src_cols()] |= m.any(0)
-        has_in[e.dst] |= m.any(1)
+    """Per row, a bool per unit: one of its copies keeps an incoming and an outgoing connection (an input
+    needs only the outgoing one, an output the incoming one)."""
     active = []
-    for r, i, o in zip(graph.rows, has_in, has_out):
+    for r, i, o in zip(graph.rows, *_ends(graph, masks)):
         a = o if r.kind == "input" else (i if r.kind == "output" else i & o)
         units = torch.zeros(int(r.unit.max()) + 1, dtype=torch.bool)
         units[r.unit[a]] = True
         active.append(units)
     return active
 
-
 @dataclass
 class Module:
-    """A connected component of the surviving graph that links inputs to outputs (caller indices);
-    hidden: row name -> positions of its hidden neurons."""
+    """A connected component linking inputs to outputs (caller indices); hidden: row name -> positions."""
     inputs: list
     outputs: list
     hidden: dict
@@ -933,17 +788,12 @@ class Module:
         return (f"inputs {_short(self.inputs)} -> outputs {_short(self.outputs)} "
                 f"({sum(map(len, self.hidden.values()))} hidden neurons)")
 
-
 def _short(xs: list, n: int = 12) -> str:
     return str(xs) if len(xs) <= n else f"[{', '.join(map(str, xs[:n]))}, ... ({len(xs)} in all)]"
 
-
 def find_modules(graph: Graph, masks: list, active: list | None = None) -> list[Module]:
-    """Connected components (union-find over surviving connections) holding an input and an output, sorted
-    by their inputs."""
-    offset = [0]
-    for r in graph.rows:
-        offset.append(offset[-1] + int(r.unit.max()) + 1)
+    """The components (union-find over masks) holding an input and an output, sorted by their inputs."""
+    offset = np.cumsum([0] + [int(r.unit.max()) + 1 for r in graph.rows]).tolist()  # of each row's first unit
     parent = list(range(offset[-1]))
 
     def root(a):
@@ -968,16 +818,11 @@ def find_modules(graph: Graph, masks: list, active: list | None = None) -> list[
             else:
                 callers = r.caller[r.unit == u].tolist()
                 (c.inputs if r.kind == "input" else c.outputs).extend(callers[:1])
-    mods = [m for m in comps.values() if m.inputs and m.outputs]
-    for m in mods:
-        m.inputs.sort()
-        m.outputs.sort()
+    mods = [Module(sorted(m.inputs), sorted(m.outputs), m.hidden) for m in comps.values() if m.inputs and m.outputs]
     return sorted(mods, key=lambda m: (m.inputs, m.outputs))
 
-
 def reach_matrices(graph: Graph, masks: list) -> list:
-    """Per row, a bool (positions, inputs) matrix: which inputs (caller index; one input row) have a
-    surviving path to each neuron. None for a row that no input feeds."""
+    """Per row, (positions, inputs) bool: which caller inputs reach each neuron (None: no input feeds the row)."""
     inp = next(r for r in graph.rows if r.kind == "input")
     reach = [None] * len(graph.rows)
     reach[graph.rows.index(inp)] = F.one_hot(inp.caller, int(inp.caller.max()) + 1).bool()
@@ -986,7 +831,6 @@ def reach_matrices(graph: Graph, masks: list) -> list:
             r = (m.float() @ reach[e.src][e.src_cols()].float()) > 0
             reach[e.dst] = r if reach[e.dst] is None else reach[e.dst] | r
     return reach
-
 
 @dataclass
 class NetworkReport:
@@ -1015,10 +859,8 @@ class NetworkReport:
         lines += [f"  module {k}: {m}" for k, m in enumerate(self.modules)]
         return "\n".join(lines)
 
-
 def analyze(model: nn.Module, threshold: float = 0.0, graph: Graph | None = None) -> NetworkReport:
-    """Active connections and neurons, wiring length, reachability and modules of the connections that
-    survive a relative threshold (without changing the weights)."""
+    """The `NetworkReport` of the connections that survive a relative threshold (the weights are unchanged)."""
     graph = network_graph(model, graph)
     masks = surviving(graph, threshold)
     active = active_neurons(graph, masks)
@@ -1040,20 +882,16 @@ def analyze(model: nn.Module, threshold: float = 0.0, graph: Graph | None = None
                          dict(sorted(outputs.items())), find_modules(graph, masks, active),
                          [r.name for r in graph.rows], [a.nonzero().flatten().tolist() for a in active], reads)
 
-
 def embedding_modules(model: nn.Module, threshold: float) -> list[list[int]]:
-    """The modules of a token embedding: the embedding dims of each connected component of the network below
-    the output layer (every output reads every module, so on the whole network there is one component)."""
+    """The embedding dims of each module of the network below the output row (every output reads them all)."""
     if getattr(model, "embedding", None) is None:
         raise ValueError(f"{type(model).__name__} has no token embedding (BioMLP with vocab_size)")
     graph = network_graph(model)
     return [m.inputs for m in analyze(model, threshold, graph.upto(graph.rows[-2].name)).modules]
 
-
 @dataclass
 class Pruned:
-    """What `prune` changed: the original weights by parameter name, and what survived. Also a context
-    manager that restores the weights on exit."""
+    """What `prune` changed (original weights by name) and what survived; restores the weights on exit."""
     saved: dict
     connections: int
     neurons: int
@@ -1065,10 +903,8 @@ class Pruned:
     def __exit__(self, *exc):
         restore(self.model, self)
 
-
 def _param_names(model: nn.Module) -> dict:
     return {id(p): name for name, p in model.named_parameters()}
-
 
 def prune(model: nn.Module, threshold: float, graph: Graph | None = None) -> Pruned:
     """Zero every weight with |w| < threshold * (its layer's max |w|); `restore(model, record)` undoes it."""
@@ -1082,7 +918,6 @@ def prune(model: nn.Module, threshold: float, graph: Graph | None = None) -> Pru
     report = analyze(model, 0.0, graph)
     return Pruned(saved, report.connections, report.neurons, model)
 
-
 def restore(model: nn.Module, record) -> None:
     """Put back the tensors saved in a `Pruned` record (or a {parameter name: tensor} dict)."""
     params, saved = dict(model.named_parameters()), getattr(record, "saved", record)
@@ -1095,20 +930,13 @@ def restore(model: nn.Module, record) -> None:
         for name, t in saved.items():
             params[name].copy_(t)
 
-
 @contextmanager
 def intervene(model: nn.Module, weights: dict | None = None, neurons: dict | None = None,
               embedding_dims=None, value: float = 0.0, graph: Graph | None = None):
-    """Within the block, set chosen weights, neuron activations or embedding dimensions to `value`
-    (0: knock-out); everything is restored on exit, also when the block raises.
-
-    weights:        {edge index: bool mask (out, in) or (rows, cols) index} of graph edges (BioMLP: linears).
-    neurons:        {row name or index: positions}, internal order as drawn; a neuron's activation is
-                    replaced by `value` where BioLinears read it (hooks; an identity edge still carries
-                    the original value) and, for outputs, where they are written. Positions
-                    of a folded input row name units: all copies are set.
-    embedding_dims: columns of model.embedding set to `value` for every token.
-    """
+    """Within the block, set weights, neuron activations or embedding dims to `value` (0: knock-out); all is
+    restored on exit. weights: {edge index: (out, in) bool mask or index}. neurons: {row name or index:
+    positions (units of a folded row)}, replaced where BioLinears read them (an identity edge still carries
+    the original) and where outputs are written. embedding_dims: columns of model.embedding."""
     graph = network_graph(model, graph)
     rows, names, saved, hooks = graph.rows, _param_names(model), {}, []
     _check(isinstance(value, numbers.Real) and not isinstance(value, bool), "value", value, "a number")
@@ -1153,10 +981,8 @@ def intervene(model: nn.Module, weights: dict | None = None, neurons: dict | Non
             h.remove()
         restore(model, saved)
 
-
 # Circuits (Nainani 2024, arXiv:2401.03646). Ablating connection i -> j makes its BioLinear read a baseline
 # abar_i instead of a_i for that connection only: z = (W*M) a + (W*(1-M)) abar + b, M the kept connections.
-
 
 def _run(model: nn.Module, graph: Graph, x: torch.Tensor, masks: list | None = None, abar: list | None = None):
     """model(x) with the connections outside `masks` (per edge an (out, in) bool mask; None: keep all)
@@ -1177,7 +1003,6 @@ def _run(model: nn.Module, graph: Graph, x: torch.Tensor, masks: list | None = N
         for h in hooks:
             h.remove()
 
-
 def _baseline(model: nn.Module, graph: Graph, x: torch.Tensor, baseline: torch.Tensor | None) -> list:
     """Per edge, what ablated connections read: each BioLinear input's mean over the batch (1, ..., in) if
     baseline is None (mean ablation), else its value when the model runs on the corrupted batch `baseline`."""
@@ -1187,20 +1012,16 @@ def _baseline(model: nn.Module, graph: Graph, x: torch.Tensor, baseline: torch.T
         seen = _run(model, graph, x if baseline is None else baseline)[1]
     return [None if s is None else s[0].mean(0, keepdim=True) if baseline is None else s[0] for s in seen]
 
-
 def _metric(metric, y: torch.Tensor) -> torch.Tensor:
     if not (torch.is_tensor(m := metric(y)) and m.dim() == 0):
         raise ValueError(f"metric(output) must return a scalar tensor (e.g. a mean over the batch), got {m!r:.80}")
     return m
 
-
 def edge_attribution(model: nn.Module, x: torch.Tensor, metric, baseline: torch.Tensor | None = None,
                      graph: Graph | None = None) -> list:
-    """Edge attribution patching: per graph edge an (out, in) tensor (None: identity edge) of scores
-    |sum over batch and positions of (a_i - abar_i) W_ji dmetric/dz_j|, the first-order change of the metric
-    when connection i -> j alone is ablated. metric(output) -> scalar tensor, e.g. the mean correct-class
-    log-prob; not one at its optimum (the MSE to the model's own output: every score is 0). baseline: None
-    (mean ablation) or a corrupted batch shaped like x."""
+    """Edge attribution patching: per graph edge an (out, in) tensor (None: identity) of |sum over batch and
+    positions of (a_i - abar_i) W_ji dmetric/dz_j|, the first-order effect of ablating i -> j alone.
+    metric(output) -> scalar tensor, not at its optimum; baseline: None (mean ablation) or a corrupted x."""
     graph = graph or network_graph(model)
     abar = _baseline(model, graph, x, baseline)
     with torch.enable_grad():
@@ -1212,7 +1033,6 @@ def edge_attribution(model: nn.Module, x: torch.Tensor, metric, baseline: torch.
         a, w = seen[k][0], graph.edges[k].linear.weight
         scores[k] = (w * (g.reshape(-1, len(w)).T @ (a - abar[k]).reshape(-1, w.shape[1]))).detach().abs().cpu()
     return scores
-
 
 def _faithfulness(model: nn.Module, graph: Graph, x: torch.Tensor, metric, baseline):
     """masks -> faithfulness on x; the baseline and the full and empty circuits' metrics computed once."""
@@ -1229,13 +1049,10 @@ def _faithfulness(model: nn.Module, graph: Graph, x: torch.Tensor, metric, basel
         raise ValueError(f"the metric is {full:.6g} for the full and the empty circuit alike: nothing to preserve")
     return lambda masks: (value(masks) - empty) / (full - empty)
 
-
 def circuit_faithfulness(model: nn.Module, masks: list, x: torch.Tensor, metric,
                          baseline: torch.Tensor | None = None, graph: Graph | None = None) -> float:
-    """(m_circuit - m_empty) / (m_full - m_empty): 1 for the full model, 0 with every connection ablated.
-    masks: per graph edge the (out, in) bool mask of the circuit's connections (None: identity edge)."""
+    """(m_circuit - m_empty) / (m_full - m_empty) of per-edge (out, in) bool masks (None: identity edge)."""
     return _faithfulness(model, graph or network_graph(model), x, metric, baseline)(masks)
-
 
 @dataclass
 class Circuit:
@@ -1252,19 +1069,15 @@ class Circuit:
         return (f"{self.method} circuit: {len(self.edges)}/{self.total} connections, faithfulness "
                 f"{self.faithfulness:.3f}, found in {self.seconds:.3g} s: {_short(self.edges, 6)}")
 
-
 def discover_circuit(model: nn.Module, x: torch.Tensor, metric, target: float = 0.9, method: str = "eap",
                      baseline: torch.Tensor | None = None, candidates: list | None = None,
                      graph: Graph | None = None) -> Circuit:
-    """A small circuit with `circuit_faithfulness` >= target. 'eap': the fewest top connections by
-    `edge_attribution`; 'acdc': from all candidates, visiting edges from the output side, drop each connection
-    whose removal keeps the target (a forward pass each). candidates: per edge (out, in) bool masks of what may
-    be kept (default: non-zero weights; `surviving(graph, 0.01)` speeds ACDC up); the rest is always ablated.
-    If all candidates together miss the target, all are returned."""
+    """A small circuit with `circuit_faithfulness` >= target (else all candidates). 'eap': the fewest top
+    connections by `edge_attribution`; 'acdc': from the output side, drop each connection whose removal keeps
+    the target. candidates: per edge (out, in) bool masks of what may be kept (default: non-zero weights)."""
     if method not in ("eap", "acdc"):
         raise ValueError(f"unknown method {method!r}; expected 'eap' or 'acdc'")
-    if not 0 < target <= 1:
-        raise ValueError(f"target faithfulness must lie in (0, 1], got {target!r}")
+    _check(0 < target <= 1, "target faithfulness", target, "in (0, 1]")
     t0, graph = time.perf_counter(), graph or network_graph(model)
     cand = candidates or [None if e.linear is None else e.linear.weight.detach().cpu() != 0 for e in graph.edges]
     cand = [None if e.linear is None else c for e, c in zip(graph.edges, cand)]  # skips: never candidates
@@ -1296,12 +1109,9 @@ def discover_circuit(model: nn.Module, x: torch.Tensor, metric, target: float = 
     total = sum(e.linear.weight.numel() for e in graph.edges if e.linear is not None)
     return Circuit(masks, edges, total, faith(masks), time.perf_counter() - t0, method)
 
-
 def compact(model: BioMLP, threshold: float = 0.0) -> BioMLP:
-    """A smaller BioMLP computing what `model` computes after `prune(model, threshold)` (up to rounding):
-    the pruned weights without the dead hidden neurons, those that read no kept neuron or feed none. One that
-    reads nothing still feeds act(bias) forward: that constant is folded into the next layer's bias (so the
-    result has biases). Inputs, outputs, their order, embedding and kept neurons' coordinates are unchanged."""
+    """A smaller BioMLP computing `model` after `prune(model, threshold)` (up to rounding), without the hidden
+    neurons that read no kept neuron (their constant act(bias) folded into the next bias) or feed none."""
     if not isinstance(model, BioMLP):
         raise TypeError(f"compact supports BioMLP (embeddings, folds, grids and rings included), not "
                         f"{type(model).__name__}")
@@ -1335,15 +1145,11 @@ def compact(model: BioMLP, threshold: float = 0.0) -> BioMLP:
             new.dist = manhattan(new.out_coords, new.in_coords)
     return small
 
-
-# ----------------------------------------------------------------------------------------------------------
-# Plotting
-
-
-def _connections(graph: Graph, masks: list, points: list):
-    """Per edge: segments (k, 2, D) between neuron drawing positions, rgba colours (k, 4) and relative
-    strengths |w| / max |w| of the layer (k,), weakest first so that strong connections are drawn on top.
-    Blue is positive, red negative; alpha is the relative strength. Identity edges are thin and grey."""
+# -- Plotting ----------------------------------------------------------------------------------------
+def _draw_connections(add, collection, graph: Graph, masks: list, points: list, max_lw: float, **kw) -> list:
+    """add(collection(...)) per edge: segments between `points` (blue +, red -, alpha and width ~ |w| / max |w|,
+    weakest first so that strong ones are on top; identities grey). Returns, per row, a bool per position:
+    a drawn learned connection ends there (the other neurons are drawn grey)."""
     for e, m in zip(graph.edges, masks):
         lin = e.linear
         w = m.float() if lin is None else lin.weight.detach().cpu().float()
@@ -1356,8 +1162,8 @@ def _connections(graph: Graph, masks: list, points: list):
         if lin is None:
             rgba, rel = torch.tensor([0.5, 0.5, 0.5, 0.4]).expand(len(wk), 4), 0.25 * rel
         segs = torch.stack([points[e.src][e.src_cols()][i], points[e.dst][o]], 1)
-        yield segs.numpy(), rgba.numpy(), rel.numpy()
-
+        add(collection(segs.numpy(), colors=rgba.numpy(), linewidths=max_lw * rel.numpy(), **kw))
+    return [i | o for i, o in zip(*_ends(graph, masks, skips=False))]
 
 def _check_labels(graph: Graph, **labels):
     """in_labels and image must hold one entry per caller input, out_labels one per caller output."""
@@ -1367,46 +1173,24 @@ def _check_labels(graph: Graph, **labels):
         got = v if v is None else torch.as_tensor(v).numel() if name == "image" else len(v)
         _check(got in (None, n), f"the length of {name}", got, f"{n}, one entry per {kind} of the model")
 
-
-def _touched(graph: Graph, masks: list) -> list[torch.Tensor]:
-    """Per row, a bool per position: a surviving learned connection (not a residual skip) starts or ends there.
-    The drawings show the other neurons in light grey, so that the circuit stands out."""
-    touched = [torch.zeros(len(r.coords), dtype=torch.bool) for r in graph.rows]
-    for e, m in zip(graph.edges, masks):
-        if e.linear is not None:
-            touched[e.src][e.src_cols()] |= m.any(0)
-            touched[e.dst] |= m.any(1)
-    return touched
-
-
 def _neuron_colours(touched: torch.Tensor) -> list:
     return ["k" if t else "0.8" for t in touched.tolist()]
 
-
 def _row_points(row: Row, y: int, fold_offset: float) -> torch.Tensor:
-    """(n, 2) drawing positions of a 1D row: x = coordinate, y = row index; the copies of a folded row are
-    stacked below copy 0, the last one fold_offset lower (operand embeddings as in the paper's Fig 5)."""
+    """(n, 2) drawing positions of a 1D row at height y, fold copies stacked down to fold_offset lower (Fig 5)."""
     copy = torch.arange(len(row.coords)) // (len(row.coords) // row.fold)
     return torch.stack([row.coords[:, 0].float(), y - fold_offset * copy.float() / max(row.fold - 1, 1)], 1)
-
 
 def plot_network(model: nn.Module, ax=None, threshold: float = 0.0, graph: Graph | None = None,
                  in_labels=None, out_labels=None, max_lw: float = 2.0, fold_offset: float = 0.3,
                  neuron_size: float = 12.0, masks: list | None = None, in_colors=None,
                  copy_labels: dict | None = None):
-    """Draw a 1D network as in the paper: neurons as dots at (coordinate, row), rows bottom to top, one
-    segment per connection with |w| >= threshold * max |w| of its layer, width and alpha proportional to
-    |w| / max |w|, blue positive, red negative. Each layer is one LineCollection (fast for 10^5 lines).
-    Neurons that no drawn connection touches (residual skips aside) are light grey. neuron_size: the dots'
-    area in points^2, reduced on rows too dense for it (e.g. the 128 hidden units of a transformer MLP).
-
-    in_labels / out_labels: the caller's names of the inputs / outputs in the caller's order; they follow
-    in_perm / out_perm, so a label stays with its neuron after swaps. masks: per graph edge an (out, in) bool
-    mask (e.g. `Circuit.masks`): only those connections are drawn (None: the edge as usual). in_colors: a matplotlib colour per
-    input, in the caller's order (e.g. by module), for every copy of its dot; it follows in_perm too.
-    copy_labels: {row name: a tick label per fold copy} gives each copy of a folded row its own tick (e.g. the
-    a and b operand embeddings) instead of one tick for the row. Returns the axes.
-    """
+    """Draw a 1D network as in the paper and return the axes: dots at (coordinate, row), rows bottom to top, a
+    segment per connection with |w| >= threshold * max |w| of its layer (width and alpha ~ |w| / max |w|, blue
+    positive, red negative), untouched neurons light grey. neuron_size: dot area (points^2), smaller on dense
+    rows. in_labels / out_labels / in_colors: per caller input / output, following in_perm / out_perm. masks:
+    per edge an (out, in) bool mask of what to draw (e.g. `Circuit.masks`). copy_labels: {row: a tick per
+    fold copy}."""
     import matplotlib.pyplot as plt
     from matplotlib.collections import LineCollection
 
@@ -1420,18 +1204,17 @@ def plot_network(model: nn.Module, ax=None, threshold: float = 0.0, graph: Graph
     pts = [_row_points(r, y, fold_offset) for y, r in enumerate(rows)]
     masks = masks or [None] * len(graph.edges)
     shown = [s if m is None else s & m.cpu() for s, m in zip(surviving(graph, threshold), masks)]
-    for segs, rgba, rel in _connections(graph, shown, pts):
-        ax.add_collection(LineCollection(segs, colors=rgba, linewidths=max_lw * rel))
+    touched = _draw_connections(ax.add_collection, LineCollection, graph, shown, pts, max_lw)
     # A dot is at most 60% of the gap between neighbours of its row, so that wide rows stay rows of dots.
     pt_per_x = ax.get_position().width * ax.figure.get_figwidth() * 72 / 1.04  # points per unit of x (xlim)
     ticks, names = [], []
-    for y, (r, p, touched) in enumerate(zip(rows, pts, _touched(graph, shown))):
+    for y, (r, p, t) in enumerate(zip(rows, pts, touched)):
         copies = (copy_labels or {}).get(r.name)
         if copies is not None and len(copies) != r.fold:
             raise ValueError(f"copy_labels[{r.name!r}] names {len(copies)} copies but the row has fold {r.fold}")
         ticks += [y] if copies is None else p[:: len(p) // r.fold, 1].tolist()
         names += [r.name] if copies is None else list(copies)
-        colors = _neuron_colours(touched)
+        colors = _neuron_colours(t)
         if r.kind == "input" and in_colors is not None:
             colors = [in_colors[c] for c in r.caller.tolist()]
         xs = r.coords[:, 0].unique()
@@ -1446,22 +1229,15 @@ def plot_network(model: nn.Module, ax=None, threshold: float = 0.0, graph: Graph
             ax.text(x, y - 0.1 if below else y + 0.1, str(labels[c]), ha="center",
                     va="top" if below else "bottom", fontsize=8)
     ax.set_yticks(ticks, names)
-    ax.set_xticks([])
-    ax.set_xlim(-0.02, 1.02)
-    ax.set_ylim(-0.5 - fold_offset * (rows[0].fold > 1), len(rows) - 0.5)
-    for side in ("top", "right", "bottom"):
-        ax.spines[side].set_visible(False)
+    ax.set(xticks=[], xlim=(-0.02, 1.02), ylim=(-0.5 - fold_offset * (rows[0].fold > 1), len(rows) - 0.5))
+    ax.spines[["top", "right", "bottom"]].set_visible(False)
     return ax
-
 
 def plot_network_3d(model: nn.Module, ax=None, threshold: float = 0.0, graph: Graph | None = None,
                     image=None, out_labels=None, max_lw: float = 1.0, neuron_size: float = 4.0,
                     cmap: str = "Greys", zoom: float = 1.1):
-    """Draw a 2D network (MNIST's grids and output ring) in 3D: row k is the plane z = k, connections as in
-    `plot_network` (one Line3DCollection per layer), neurons that no drawn connection touches in light grey,
-    each row's name beside its plane. image: the caller's input values (e.g. a 28x28 digit), shown on the input
-    plane at each pixel's position (through in_perm). zoom: of the box within the axes (matplotlib leaves wide
-    margins around a 3D box). Returns the 3D axes."""
+    """Draw a 2D network (MNIST's grids and ring) in 3D, row k on the plane z = k, as `plot_network` does;
+    image: the caller's inputs (e.g. a digit) shown on the input plane; zoom: of the box. Returns the axes."""
     import matplotlib.pyplot as plt
     from mpl_toolkits.mplot3d.art3d import Line3DCollection
 
@@ -1475,17 +1251,15 @@ def plot_network_3d(model: nn.Module, ax=None, threshold: float = 0.0, graph: Gr
     for z, r in enumerate(rows):
         xy = r.coords.float() if r.coords.shape[1] == 2 else F.pad(r.coords.float(), (0, 1), value=0.5)
         pts.append(torch.cat([xy, torch.full((len(xy), 1), float(z))], 1))
-    masks = surviving(graph, threshold)
-    for segs, rgba, rel in _connections(graph, masks, pts):
-        ax.add_collection3d(Line3DCollection(segs, colors=rgba, linewidths=max_lw * rel, zorder=1))
-    for z, (r, p, touched) in enumerate(zip(rows, pts, _touched(graph, masks))):
+    touched = _draw_connections(ax.add_collection3d, Line3DCollection, graph, surviving(graph, threshold), pts,
+                                max_lw, zorder=1)
+    for z, (r, p, t) in enumerate(zip(rows, pts, touched)):
         if r.kind == "input" and image is not None:
             vals = torch.as_tensor(image, dtype=torch.float32).flatten()[r.caller]
             ax.scatter(p[:, 0], p[:, 1], p[:, 2], c=vals.numpy(), cmap=cmap, s=3 * neuron_size, marker="s",
                        depthshade=False, zorder=0)
         else:
-            ax.scatter(p[:, 0], p[:, 1], p[:, 2], c=_neuron_colours(touched), s=neuron_size, depthshade=False,
-                       zorder=2)
+            ax.scatter(p[:, 0], p[:, 1], p[:, 2], c=_neuron_colours(t), s=neuron_size, depthshade=False, zorder=2)
         if r.kind == "output" and out_labels is not None:
             for (x, y, _), c in zip(p.tolist(), r.caller.tolist()):
                 ax.text(0.5 + 1.25 * (x - 0.5), 0.5 + 1.25 * (y - 0.5), z, str(out_labels[c]), ha="center",
@@ -1498,10 +1272,8 @@ def plot_network_3d(model: nn.Module, ax=None, threshold: float = 0.0, graph: Gr
     ax.set_axis_off()
     return ax
 
-
 def _new_axes(fig, draw):
     return fig.add_subplot(projection="3d" if draw is plot_network_3d else None)
-
 
 def snapshot_recorder(snapshots: list):
     """A snapshot_fn for `train`: appends (step, copy of the state_dict) to `snapshots`."""
@@ -1509,12 +1281,10 @@ def snapshot_recorder(snapshots: list):
         snapshots.append((step, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}))
     return record
 
-
 def _snapshot(snap):
     _check(isinstance(snap, (tuple, list)) and len(snap) == 2 and isinstance(snap[1], dict), "a snapshot",
            type(snap).__name__, "a (step, state_dict) pair, as snapshot_recorder records")
     return snap
-
 
 def draw_snapshot(model: nn.Module, snapshot: tuple, ax=None, draw=None, **draw_kw):
     """Load a recorded (step, state_dict) into `model` (overwriting its weights) and draw it."""
@@ -1524,13 +1294,10 @@ def draw_snapshot(model: nn.Module, snapshot: tuple, ax=None, draw=None, **draw_
     ax.set_title(f"step {step}")
     return ax
 
-
 def save_gif(model: nn.Module, snapshots: list, path: str = "figures/training.gif", draw=None, fps: int = 4,
              dpi: int = 80, figsize=(6, 6), **draw_kw) -> str:
-    """Render recorded snapshots (one frame each) into an animated GIF with matplotlib's Pillow writer.
-    `model` is only the template (a copy is loaded with each snapshot); the directory is created if needed."""
+    """Render snapshots into an animated GIF (Pillow), a frame each, drawn by a copy of `model`; returns path."""
     import copy
-    import os
 
     import matplotlib.pyplot as plt
     from matplotlib.animation import PillowWriter
@@ -1540,7 +1307,7 @@ def save_gif(model: nn.Module, snapshots: list, path: str = "figures/training.gi
     _int("fps", fps), list(map(_snapshot, snapshots))
     _check(str(path).endswith(".gif"), "path", path, "a file name ending in .gif")
     draw, m = draw or plot_network, copy.deepcopy(model)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig = plt.figure(figsize=figsize)
     writer = PillowWriter(fps=fps)
     try:
@@ -1555,85 +1322,52 @@ def save_gif(model: nn.Module, snapshots: list, path: str = "figures/training.gi
         plt.close(fig)
     return path
 
-
 def threshold_view(model: nn.Module, threshold: float, metric_fn=None, ax=None, graph: Graph | None = None,
                    draw=None, **draw_kw) -> NetworkReport:
-    """Prune at `threshold`, evaluate metric_fn(model) (the task metric), draw, restore the weights, and
-    return the report with its metric. The threshold slider's work."""
+    """Prune at `threshold`, evaluate metric_fn(model), draw, restore; returns the report with its metric."""
     with prune(model, threshold, graph):
         report = analyze(model, threshold, graph)
         report.metric = None if metric_fn is None else _float("metric_fn(model)", metric_fn(model))
         (draw or plot_network)(model, ax=ax, threshold=threshold, graph=graph, **draw_kw)
     return report
 
-
-def _slider_view(slider, render, figsize) -> "ipywidgets.VBox":
-    """A slider above a picture and a text; render(value, fig) draws into fig and returns the text.
-
-    The picture is a PNG in an Image widget, not an Output widget: capturing plots into Output widgets
-    intermittently deadlocks headless execution (nbconvert / nbclient), which the notebooks rely on."""
+def threshold_explorer(model: nn.Module, metric_fn=None, graph: Graph | None = None, draw=None,
+                       max_threshold: float = 1.0, figsize=(6, 6), **draw_kw):
+    """An ipywidgets slider over the pruning threshold above the pruned network and its report. The picture is
+    a PNG in an Image widget: capturing plots in Output widgets intermittently deadlocks headless nbclient runs."""
     import html
-    import io
 
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
 
+    _check(_is_real(max_threshold, 0, 1) and max_threshold > 0, "max_threshold", max_threshold, "a number in (0, 1]")
+    slider = widgets.FloatSlider(value=0.0, min=0.0, max=max_threshold, step=max_threshold / 100,
+                                 description="threshold", continuous_update=False, readout_format=".2f")
     image, text = widgets.Image(format="png"), widgets.HTML()
 
     def update(change=None):
         fig = plt.figure(figsize=figsize)
-        report = render(slider.value, fig)
+        report = threshold_view(model, slider.value, metric_fn, _new_axes(fig, draw), graph, draw, **draw_kw)
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=90)
         plt.close(fig)
         image.value = buf.getvalue()
-        text.value = "" if report is None else f"<pre>{html.escape(str(report))}</pre>"
+        text.value = f"<pre>{html.escape(str(report))}</pre>"
 
     slider.observe(update, names="value")
     update()
     return widgets.VBox([slider, image, text])
 
-
-def threshold_explorer(model: nn.Module, metric_fn=None, graph: Graph | None = None, draw=None,
-                       max_threshold: float = 1.0, figsize=(6, 6), **draw_kw):
-    """An ipywidgets slider over the pruning threshold: re-draws the pruned network and shows its report."""
-    import ipywidgets as widgets
-
-    _check(_is_real(max_threshold, 0, 1) and max_threshold > 0, "max_threshold", max_threshold, "a number in (0, 1]")
-    slider = widgets.FloatSlider(value=0.0, min=0.0, max=max_threshold, step=max_threshold / 100,
-                                 description="threshold", continuous_update=False, readout_format=".2f")
-    return _slider_view(slider, lambda t, fig: threshold_view(model, t, metric_fn, _new_axes(fig, draw), graph,
-                                                              draw, **draw_kw), figsize)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Training
-
-
+# -- Training ----------------------------------------------------------------------------------------
 @dataclass
 class BIMTConfig:
-    """The knobs of one BIMT run. Experiments subclass it and add their shape, data sizes, etc.
-
-    lam_schedule: (fraction, multiplier) pairs; from step int(fraction * steps) on, lambda is multiplied by
-    the multiplier (cumulatively): ((0.25, 10), (0.75, 0.1)) is 'x10 at 1/4, x0.1 at 3/4'.
-    bias_penalty_from: fraction of training after which biases pay l0 * |b| (0: always; None: never).
-    swap_cost: `connection_cost` keywords that the swap pass uses instead of the training cost's. With A = 0
-      every placement costs the same and no swap is ever made, so the paper's 'L1 + swap' ablation trains
-      with weight_factor 0 and swaps with {'weight_factor': 1.0}, shortening wires the loss does not pay for.
-    batch_size: None trains full batch; otherwise `train` draws batch_size indices with replacement from a
-      torch.Generator seeded with seed (unless given a sampler).
-    threads: torch's intra-op threads while `train` runs (restored afterwards; None leaves them alone). The
-      paper's networks are so small that per-op overhead dominates: on an idle 2-core CPU a second thread
-      saves ~15% on MNIST-sized layers and costs ~5% on the others, while on a busy machine it made a step
-      ~19x slower. One thread is the default that cannot hurt (tests/bench_train.py measures it).
-
-    The procedure, where our clean default and the authors' code differ (AUTHORS_PROCEDURE sets theirs):
-    dtype: 'float32' or 'float64', the precision of the model and the data (train checks that they agree;
-      build the model with dtype=cfg.torch_dtype so that its initialisation is drawn in that precision).
-    swap_moves_optimizer_state: a swap also moves AdamW's moment estimates with the units, so training goes
-      on exactly as if nothing had moved; False leaves them at their positions (the authors' code).
-    relocate_follow: 'neurons' or 'positions', see `relocate`.
-    """
+    """The knobs of one BIMT run; experiments subclass it. lam_schedule: (fraction, multiplier) pairs, lambda
+    multiplied from step int(fraction * steps) on (cumulatively). bias_penalty_from: fraction of training after
+    which biases pay l0 |b| (None: never). swap_cost: `connection_cost` keywords for the swap pass instead of
+    the training cost's (the paper's 'L1 + swap' trains with weight_factor 0, swaps with 1). batch_size: None
+    is full batch, else drawn with replacement by a generator seeded with seed. threads: torch's threads while
+    `train` runs (one: the overhead of tiny ops dominates; tests/bench_train.py). The authors' procedure
+    (AUTHORS_PROCEDURE) leaves AdamW's moments in place on a swap and relocate_follow='positions'."""
     steps: int = 20000
     lr: float = 2e-3
     lam: float = 1e-3
@@ -1702,13 +1436,10 @@ class BIMTConfig:
         fracs = [f for f, _ in self.lam_schedule] + [self.bias_penalty_from or 0.0]
         return sorted({0, *(int(f * self.steps) for f in fracs)})
 
-
 AUTHORS_PROCEDURE = dict(swap_moves_optimizer_state=False, relocate_follow="positions")
 
-
 def _check_data(model: nn.Module, cfg: BIMTConfig, fns: dict, snapshot_every, **data) -> None:
-    """Clear errors for arguments that would otherwise fail deep inside torch or train silently on the wrong
-    thing; fns: the functions train was given, by name."""
+    """Clear errors for what would fail deep inside torch or train silently; fns: train's functions by name."""
     _check(isinstance(cfg, BIMTConfig), "cfg", type(cfg).__name__, "a BIMTConfig", TypeError)
     for name, f in fns.items():
         _check(callable(f) or f is None and name != "loss_fn", name, f, "a function" + " or None" * (name != "loss_fn"),
@@ -1732,7 +1463,6 @@ def _check_data(model: nn.Module, cfg: BIMTConfig, fns: dict, snapshot_every, **
                 raise ValueError(f"{name} {what} are {t.dtype} but the model trains in {cfg.dtype}; "
                                  f"convert them with .to({cfg.torch_dtype})")
 
-
 def _batch(x: torch.Tensor, y: torch.Tensor, idx, step: int) -> tuple:
     """x[idx], y[idx], or a clear error for indices that do not pick a batch of rows."""
     try:
@@ -1744,19 +1474,14 @@ def _batch(x: torch.Tensor, y: torch.Tensor, idx, step: int) -> tuple:
                          f"[0, {len(x)})")
     return xb, yb
 
-
 def train(model: nn.Module, cfg: BIMTConfig, train_data: tuple, test_data: tuple, loss_fn,
           metric_fn=None, snapshot_fn=None, snapshot_every: int | None = None, progress: bool = True,
           sampler=None) -> dict:
-    """Train with loss_fn(model(x), y) + lambda * connection_cost, swapping every cfg.swap_every steps.
-
-    train_data, test_data: (inputs, targets) tensors. metric_fn(outputs, targets) -> float (e.g. accuracy)
-    is evaluated on the test set every cfg.eval_every steps and at the last step, as is the test loss.
-    snapshot_fn(step, model) is called every snapshot_every steps and at the last step (for animations).
-    sampler(step) -> training-batch indices, to replace the default (see BIMTConfig.batch_size).
-    Returns the history as plain lists: step, train_loss, test_loss, metric, cost, lam, swaps.
-    Raises FloatingPointError naming the step and lambda if the loss stops being finite.
-    """
+    """Train on loss_fn(model(x), y) + lambda * connection_cost, swapping every cfg.swap_every steps.
+    train_data, test_data: (inputs, targets). metric_fn(outputs, targets) -> float and the test loss every
+    cfg.eval_every steps and at the last; snapshot_fn(step, model) likewise every snapshot_every steps.
+    sampler(step) -> batch indices. Returns the history as lists: step, train_loss, test_loss, metric, cost,
+    lam, swaps."""
     from tqdm.auto import tqdm
 
     _check_data(model, cfg, dict(loss_fn=loss_fn, metric_fn=metric_fn, snapshot_fn=snapshot_fn, sampler=sampler),
@@ -1778,10 +1503,7 @@ def train(model: nn.Module, cfg: BIMTConfig, train_data: tuple, test_data: tuple
         for step in bar:
             if step in phases:  # lambda and the cost's terms change only here
                 lam, terms = cfg.lam_at(step), cost_terms(model, **cfg.cost_kwargs(step))
-            if sampler is None:
-                xb, yb = x_tr, y_tr
-            else:
-                xb, yb = _batch(x_tr, y_tr, sampler(step), step)
+            xb, yb = (x_tr, y_tr) if sampler is None else _batch(x_tr, y_tr, sampler(step), step)
             task = loss_fn(model(xb), yb)
             if not (torch.is_tensor(task) and task.dim() == 0 and task.requires_grad):
                 raise ValueError(f"loss_fn must return a scalar tensor with gradients (e.g. F.mse_loss(out, y)), "
@@ -1803,9 +1525,8 @@ def train(model: nn.Module, cfg: BIMTConfig, train_data: tuple, test_data: tuple
                 with torch.no_grad():
                     out = model(x_te)
                     metric = None if metric_fn is None else _float("metric_fn's result", metric_fn(out, y_te))
-                    for k, v in (("step", step), ("train_loss", task.item()), ("test_loss", loss_fn(out, y_te).item()),
-                                 ("metric", metric),
-                                 ("cost", cost.item()), ("lam", lam), ("swaps", swaps)):
+                    for k, v in dict(step=step, train_loss=task.item(), test_loss=loss_fn(out, y_te).item(),
+                                     metric=metric, cost=cost.item(), lam=lam, swaps=swaps).items():
                         hist[k].append(v)
                 bar.set_postfix(train=f"{hist['train_loss'][-1]:.2e}", test=f"{hist['test_loss'][-1]:.2e}",
                                 cost=f"{hist['cost'][-1]:.3g}", refresh=False)
@@ -1813,20 +1534,16 @@ def train(model: nn.Module, cfg: BIMTConfig, train_data: tuple, test_data: tuple
         torch.set_num_threads(threads)
     return hist
 
-
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """Fraction of rows whose argmax equals the label."""
     _check(torch.is_tensor(labels) and labels.shape == logits.shape[:-1], "labels' shape", tuple(labels.shape),
            f"the logits' shape without the class dim, {tuple(logits.shape[:-1])}")
     return (logits.argmax(-1) == labels).float().mean().item()
 
-
 class Claims:
-    """The checked facts of one notebook run. `check` prints 'name: holds', the line nbval compares, and keeps
-    the record (name, holds, value): the measurement stays out of the line, so the line reads the same on
-    every correct install. `note` records and prints a measured fact that is no claim (holds None). With a
-    path, every record so far is (re)written there as JSON with the run's fields (notebook, seed,
-    procedure): what the seed sweep (tests/sweep.py) collects."""
+    """The checked facts of a notebook run: `check` prints 'name: holds' (what nbval compares; the value is
+    only recorded), `note` a measured fact (holds None). With a path, the records and the run's fields are
+    (re)written there as JSON, for the seed sweep (tests/sweep.py)."""
 
     def __init__(self, path=None, **run):
         _check(path is None or Path(path).parent.is_dir(), "path", path, "None or a file name in an existing folder")
@@ -1851,18 +1568,15 @@ class Claims:
         self._add(name, None, value)
         print(f"{name}: {value}")
 
-
 def figures_dir() -> Path:
     """figures/ beside bimt_core.py (the repository's), created if needed: where the notebooks save."""
     path = Path(__file__).resolve().parent / "figures"
     path.mkdir(exist_ok=True)
     return path
 
-
 def claim_rates(notebook: str | None = None, path=None) -> str:
-    """How typical is this run? A markdown table of the seed sweep (results/claims_sweep.csv, by tests/sweep.py):
-    per claim, whether it holds at the authors' seed (authors' procedure) and in k of n swept seeds per procedure
-    (n counts the runs that recorded it; crashes show in 'run completed'). notebook=None: all, with their names."""
+    """A markdown table of the seed sweep (results/claims_sweep.csv): per claim, whether it holds at the
+    authors' seed and in k of n seeds per procedure. notebook=None: all, with their names."""
     path = Path(path or Path(__file__).resolve().parent / "results" / "claims_sweep.csv")
     run = f"run: python tests/sweep.py --notebooks {notebook or '...'}"
     if not path.is_file():
@@ -1885,19 +1599,15 @@ def claim_rates(notebook: str | None = None, path=None) -> str:
             for (nb, claim), (at, seeds) in table.items()]
     return "\n".join("| " + " | ".join(cells) + " |" for cells in [head, ["---"] * len(head), *body])
 
-
-# ----------------------------------------------------------------------------------------------------------
-# Data
+# -- Data --------------------------------------------------------------------------------------------
 
 MNIST_5K = Path(__file__).resolve().parent / "data" / "mnist_5k.npz"  # provenance: data/README.md
 MNIST_5K_SHA256 = "246e0c30eeea57c8d0037d3f38c8e00651ec204cc61b8022563e9aeeb9d756f4"
 IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
-
 def read_idx(path) -> np.ndarray:
-    """One IDX file, raw or gzip-compressed -> uint8 array of the shape its header states. Big-endian header:
-    magic 0x00000801 (labels, 1 dim) or 0x00000803 (images, 3 dims), then one int32 size per dim."""
+    """One IDX file, raw or gzipped -> uint8 array (big-endian magic 0x801 / 0x803, then int32 dims)."""
     path = Path(path)
     buf = path.read_bytes()
     if buf[:2] == b"\x1f\x8b":  # gzip magic; an IDX file starts with two zero bytes
@@ -1919,14 +1629,12 @@ def read_idx(path) -> np.ndarray:
                          f"({need} bytes) but the file has {len(buf)} bytes")
     return np.frombuffer(buf, np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
-
 def _find_idx(folder: Path, name: str) -> Path:
     for cand in (name, name + ".gz", name.replace("-idx", ".idx"), name.replace("-idx", ".idx") + ".gz"):
         if (folder / cand).is_file():
             return folder / cand
     raise FileNotFoundError(f"{folder}: no {name}[.gz]; an MNIST folder must hold {', '.join(IDX_NAMES)} "
                             f"(each raw or .gz)")
-
 
 def _to_tensors(images: np.ndarray, labels: np.ndarray, source) -> tuple[torch.Tensor, torch.Tensor]:
     if images.ndim != 3 or images.shape[1:] != (28, 28) or images.dtype != np.uint8:
@@ -1937,16 +1645,10 @@ def _to_tensors(images: np.ndarray, labels: np.ndarray, source) -> tuple[torch.T
     x = torch.from_numpy(images.reshape(len(images), 784).astype(np.float32) / 255.0)
     return x, torch.from_numpy(labels.astype(np.int64))
 
-
 def load_mnist(path=None, n_test: int = 1000, seed: int = 0):
-    """MNIST -> (x_train, y_train, x_test, y_test): float32 pixels in [0, 1] of shape (N, 784), row-major 28x28
-    (pixel r*28 + c), and int64 labels of shape (N,).
-
-    path None: the 5,000-digit subset shipped in data/mnist_5k.npz (checksum verified), split at random into
-      5000 - n_test training and n_test test digits by torch.Generator().manual_seed(seed).
-    path a folder: the standard IDX files (IDX_NAMES, raw or .gz): the official 60,000 / 10,000 split.
-    path an .npz file with 'images' (N, 28, 28) and 'labels' (N,) uint8: split like the subset.
-    """
+    """MNIST -> x_train, y_train, x_test, y_test: float32 pixels in [0, 1], (N, 784) row-major, int64 labels
+    (N,). path None: the shipped 5,000-digit subset (checksum verified) or an .npz with uint8 'images' (N, 28,
+    28) and 'labels', split at random by seed; a folder: the IDX files (IDX_NAMES), the official split."""
     path = MNIST_5K if path is None else Path(path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder; expected an .npz of MNIST digits or a folder "

@@ -289,7 +289,7 @@ ROWS = {  # (quantity, label, format)
     "incontext": [("perf.test_mse_y2", "test MSE of y2 (predicting 0: ~1.44)", ".2e")],
 }
 COMMON = [
-    ("train.seconds", "training time (s, loaded 2-core CPU)", ".0f"),
+    ("train.seconds", "training time (s, one thread)", ".0f"),
     ("visible.connections", "connections >= 5% of layer max ('visible')", ".0f"),
     ("visible.faithfulness", "faithfulness of the visible network", ".3f"),
     ("visible.components", "input-to-output components of the visible network", ".0f"),

@@ -1508,20 +1508,25 @@ def train(model: nn.Module, cfg: BIMTConfig, train_data: tuple, test_data: tuple
             if not (torch.is_tensor(task) and task.dim() == 0 and task.requires_grad):
                 raise ValueError(f"loss_fn must return a scalar tensor with gradients (e.g. F.mse_loss(out, y)), "
                                  f"got {task!r}")
-            cost = sum_terms(terms)
-            loss = task + lam * cost
+            last = step == cfg.steps - 1
+            evaluate = step % cfg.eval_every == 0 or last
+            # at lambda 0 the cost adds exactly zero to the loss and its gradients, so it is only computed for the
+            # history, without gradients: the same trajectory bit for bit, in less time
+            with torch.set_grad_enabled(lam != 0):
+                cost = sum_terms(terms) if lam or evaluate else None
+            loss = task + lam * cost if lam else task
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} at step {step} (lambda={lam:g}, task loss "
-                                         f"{task.item():.4g}, cost {cost.item():.4g}); try a lower lr or lambda")
+                                         f"{task.item():.4g}, cost {sum_terms(terms).item():.4g}); try a lower lr or "
+                                         f"lambda")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             if cfg.swap and (step + 1) % cfg.swap_every == 0:
                 swaps += relocate(model, cfg.top_k, swap_opt, cfg.relocate_follow, **cfg.swap_cost_kwargs(step))
-            last = step == cfg.steps - 1
             if snapshot_fn is not None and (step % snapshot_every == 0 or last):
                 snapshot_fn(step, model)
-            if step % cfg.eval_every == 0 or last:
+            if evaluate:
                 with torch.no_grad():
                     out = model(x_te)
                     metric = None if metric_fn is None else _float("metric_fn's result", metric_fn(out, y_te))

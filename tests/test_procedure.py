@@ -86,14 +86,18 @@ def authors_loop(model, cfg, data, steps):
     leaves the optimizer's moments where they are and visits ranked positions."""
     x, y = data
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    costs = []
     for step in range(steps):
         lam = cfg.lam_at(step)
-        loss = F.mse_loss(model(x), y) + lam * bc.connection_cost(model, **cfg.cost_kwargs(step))
+        cost = bc.connection_cost(model, **cfg.cost_kwargs(step))
+        loss = F.mse_loss(model(x), y) + lam * cost
+        costs.append(cost.item())
         opt.zero_grad()
         loss.backward()
         opt.step()
         if (step + 1) % cfg.swap_every == 0:
             bc.relocate(model, cfg.top_k, None, "positions", **cfg.swap_cost_kwargs(step))
+    return costs
 
 
 def test_train_with_the_authors_procedure_equals_their_loop():
@@ -109,6 +113,21 @@ def test_train_with_the_authors_procedure_equals_their_loop():
     bc.train(clean, dataclasses.replace(cfg, swap_moves_optimizer_state=True, relocate_follow="neurons"),
              data, data, F.mse_loss, progress=False)
     assert not torch.equal(clean.linears[1].weight, ours.linears[1].weight)  # the switches matter
+
+
+@pytest.mark.parametrize("lam_schedule", [((0.5, 0.0),), ((0.0, 0.0),)])
+def test_train_skips_the_cost_at_lambda_0_without_changing_the_run(lam_schedule):
+    # the oracle adds 0 * cost to the loss at every step, as train did before it skipped the cost at lambda 0
+    data = tiny_task()
+    cfg = bc.BIMTConfig(steps=400, swap_every=100, top_k=10, lam=1e-2, lam_schedule=lam_schedule, eval_every=50,
+                        **bc.AUTHORS_PROCEDURE)
+    ours = bc.BioMLP([4, 12, 12, 2], generator=torch.Generator().manual_seed(5))
+    ref = bc.BioMLP([4, 12, 12, 2], generator=torch.Generator().manual_seed(5))
+    hist = bc.train(ours, cfg, data, data, F.mse_loss, progress=False)
+    costs = authors_loop(ref, cfg, data, cfg.steps)
+    assert hist["lam"][-1] == 0 and hist["swaps"][-1] > 0
+    assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), ref.state_dict().values()))
+    assert hist["cost"] == [costs[s] for s in hist["step"]]
 
 
 def test_train_uses_a_given_sampler():

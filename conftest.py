@@ -2,7 +2,7 @@
 
 # After a cell's reply, nbval reads the cell's output messages with a fixed 5 s wait for each one (nbval has
 # no option for it). A 40,000-step training cell streams its progress bar, and when the kernel is slow to
-# flush it (a loaded machine, a slow disk), a wait of 5 s fails a correct notebook with "Timeout of 5 seconds
+# flush it (other processes on the cores, a slow disk), a wait of 5 s fails a correct notebook with "Timeout of 5 seconds
 # exceeded waiting for output". A longer wait changes no check: the outputs compared are the same.
 NBVAL_OUTPUT_TIMEOUT = 120  # seconds
 

@@ -18,6 +18,7 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import bimt_core as bc  # noqa: E402
+import bimt_seeing as bs
 
 nan = float("nan")
 
@@ -150,26 +151,26 @@ def test_cost_and_relocate(call, exc, match):
 def enter(**kw):
     """Enter an intervention on a fresh model (the checks run on entry)."""
     model = kw.pop("model", None) or mlp()
-    with bc.intervene(model, **kw):
+    with bs.intervene(model, **kw):
         pass
 
 
 @pytest.mark.parametrize("call, exc, match", [
-    (lambda: bc.analyze(mlp(), -0.1), ValueError, r"threshold must be a number in \[0, 1\], got -0.1"),
-    (lambda: bc.analyze(mlp(), 1.5), ValueError, r"threshold must be a number in \[0, 1\], got 1.5"),
-    (lambda: bc.analyze(mlp(), nan), ValueError, r"threshold must be a number in \[0, 1\], got nan"),
-    (lambda: bc.analyze(mlp(), "0.1"), ValueError, "threshold must be a number"),
-    (lambda: bc.analyze(mlp(), graph="g"), TypeError, "graph must be a bc.Graph"),
-    (lambda: bc.analyze(ListGraph()), TypeError, "graph must be a bc.Graph .*, got 'list'"),
-    (lambda: bc.analyze(Plain()), TypeError, r"Plain cannot be analysed or drawn: it needs a graph\(\) method"),
-    (lambda: bc.prune(mlp(), nan), ValueError, r"threshold must be a number in \[0, 1\], got nan"),
-    (lambda: bc.prune(mlp(), -1), ValueError, "threshold must be a number"),
-    (lambda: bc.prune(mlp(), 2), ValueError, "threshold must be a number"),
-    (lambda: bc.embedding_modules(emb(), nan), ValueError, "threshold must be a number"),
-    (lambda: bc.restore(mlp(), {"nope": torch.zeros(1)}), ValueError,
+    (lambda: bs.analyze(mlp(), -0.1), ValueError, r"threshold must be a number in \[0, 1\], got -0.1"),
+    (lambda: bs.analyze(mlp(), 1.5), ValueError, r"threshold must be a number in \[0, 1\], got 1.5"),
+    (lambda: bs.analyze(mlp(), nan), ValueError, r"threshold must be a number in \[0, 1\], got nan"),
+    (lambda: bs.analyze(mlp(), "0.1"), ValueError, "threshold must be a number"),
+    (lambda: bs.analyze(mlp(), graph="g"), TypeError, "graph must be a bc.Graph"),
+    (lambda: bs.analyze(ListGraph()), TypeError, "graph must be a bc.Graph .*, got 'list'"),
+    (lambda: bs.analyze(Plain()), TypeError, r"Plain cannot be analysed or drawn: it needs a graph\(\) method"),
+    (lambda: bs.prune(mlp(), nan), ValueError, r"threshold must be a number in \[0, 1\], got nan"),
+    (lambda: bs.prune(mlp(), -1), ValueError, "threshold must be a number"),
+    (lambda: bs.prune(mlp(), 2), ValueError, "threshold must be a number"),
+    (lambda: bs.embedding_modules(emb(), nan), ValueError, "threshold must be a number"),
+    (lambda: bs.restore(mlp(), {"nope": torch.zeros(1)}), ValueError,
      "the saved tensors of BioMLP must be its parameters, by name and shape, got {'nope'"),
-    (lambda: bc.restore(mlp(), {"linears.0.weight": torch.zeros(2, 2)}), ValueError, "got {'linears.0.weight'"),
-    (lambda: bc.restore(mlp(), 5), TypeError, "record must be a Pruned record or a {name: tensor} dict, got 'int'"),
+    (lambda: bs.restore(mlp(), {"linears.0.weight": torch.zeros(2, 2)}), ValueError, "got {'linears.0.weight'"),
+    (lambda: bs.restore(mlp(), 5), TypeError, "record must be a Pruned record or a {name: tensor} dict, got 'int'"),
     (lambda: enter(neurons={"hidden1": [99]}), ValueError, r"neurons\['hidden1'\] must be positions in \[0, 6\), got \[99\]"),
     (lambda: enter(neurons={"hidden1": [-1]}), ValueError, r"neurons\['hidden1'\] must be positions"),
     (lambda: enter(neurons={"hidden1": [0.5]}), ValueError, r"neurons\['hidden1'\] must be positions"),
@@ -225,27 +226,27 @@ def test_graph(call, exc, match):
 def snaps():
     s = []
     m = mlp()
-    bc.snapshot_recorder(s)(0, m)
+    bs.snapshot_recorder(s)(0, m)
     return m, s
 
 
 @pytest.mark.parametrize("call, exc, match", [
-    (lambda: bc.plot_network(mlp(), in_labels=["a"]), ValueError,
+    (lambda: bs.plot_network(mlp(), in_labels=["a"]), ValueError,
      "the length of in_labels must be 4, one entry per input of the model, got 1"),
-    (lambda: bc.plot_network(mlp(), out_labels=["a"] * 5), ValueError, "the length of out_labels must be 2"),
-    (lambda: bc.plot_network(mlp(), threshold=nan), ValueError, "threshold must be a number"),
-    (lambda: bc.plot_network_3d(mlp(), image=torch.rand(3)), ValueError, "the length of image must be 4"),
-    (lambda: bc.plot_network_3d(mlp(), out_labels=["a"]), ValueError, "the length of out_labels must be 2"),
-    (lambda: bc.save_gif(mlp(), [], "x.gif"), ValueError, "snapshots must be a non-empty list of snapshot_recorder's"),
-    (lambda: bc.save_gif(*snaps(), "x.gif", fps=0), ValueError, "fps must be a positive int, got 0"),
-    (lambda: bc.save_gif(*snaps(), "x.png"), ValueError, "path must be a file name ending in .gif, got 'x.png'"),
-    (lambda: bc.save_gif(mlp(), [mlp().state_dict()], "x.gif"), ValueError,
+    (lambda: bs.plot_network(mlp(), out_labels=["a"] * 5), ValueError, "the length of out_labels must be 2"),
+    (lambda: bs.plot_network(mlp(), threshold=nan), ValueError, "threshold must be a number"),
+    (lambda: bs.plot_network_3d(mlp(), image=torch.rand(3)), ValueError, "the length of image must be 4"),
+    (lambda: bs.plot_network_3d(mlp(), out_labels=["a"]), ValueError, "the length of out_labels must be 2"),
+    (lambda: bs.save_gif(mlp(), [], "x.gif"), ValueError, "snapshots must be a non-empty list of snapshot_recorder's"),
+    (lambda: bs.save_gif(*snaps(), "x.gif", fps=0), ValueError, "fps must be a positive int, got 0"),
+    (lambda: bs.save_gif(*snaps(), "x.png"), ValueError, "path must be a file name ending in .gif, got 'x.png'"),
+    (lambda: bs.save_gif(mlp(), [mlp().state_dict()], "x.gif"), ValueError,
      r"a snapshot must be a \(step, state_dict\) pair, as snapshot_recorder records, got 'OrderedDict'"),
-    (lambda: bc.draw_snapshot(mlp(), mlp().state_dict()), ValueError, r"a snapshot must be a \(step, state_dict\) pair"),
-    (lambda: bc.threshold_explorer(mlp(), max_threshold=0), ValueError, r"max_threshold must be a number in \(0, 1\]"),
-    (lambda: bc.threshold_explorer(mlp(), max_threshold=2), ValueError, "max_threshold must be"),
-    (lambda: bc.threshold_view(mlp(), 1.5), ValueError, "threshold must be a number"),
-    (lambda: bc.threshold_view(mlp(), 0.5, metric_fn=lambda m: torch.ones(2)), ValueError,
+    (lambda: bs.draw_snapshot(mlp(), mlp().state_dict()), ValueError, r"a snapshot must be a \(step, state_dict\) pair"),
+    (lambda: bs.threshold_explorer(mlp(), max_threshold=0), ValueError, r"max_threshold must be a number in \(0, 1\]"),
+    (lambda: bs.threshold_explorer(mlp(), max_threshold=2), ValueError, "max_threshold must be"),
+    (lambda: bs.threshold_view(mlp(), 1.5), ValueError, "threshold must be a number"),
+    (lambda: bs.threshold_view(mlp(), 0.5, metric_fn=lambda m: torch.ones(2)), ValueError,
      r"metric_fn\(model\) must be a number, got tensor"),
 ])
 def test_plotting(call, exc, match, tmp_path, monkeypatch):
@@ -316,11 +317,11 @@ def corrupt_gzip():
 
 
 @pytest.mark.parametrize("call, exc, match", [
-    (lambda p: bc.Claims().check("x", torch.tensor([True, False])), ValueError,
+    (lambda p: bs.Claims().check("x", torch.tensor([True, False])), ValueError,
      r"claim 'x': holds must be a bool \(or one-element bool tensor\), got tensor"),
-    (lambda p: bc.Claims().check("x", None), ValueError, "claim 'x': holds must be a bool .*, got None"),
-    (lambda p: bc.Claims().check(3, True), ValueError, "a claim's name must be a non-empty str, got 3"),
-    (lambda p: bc.Claims(p / "no" / "c.json"), ValueError, "path must be None or a file name in an existing folder"),
+    (lambda p: bs.Claims().check("x", None), ValueError, "claim 'x': holds must be a bool .*, got None"),
+    (lambda p: bs.Claims().check(3, True), ValueError, "a claim's name must be a non-empty str, got 3"),
+    (lambda p: bs.Claims(p / "no" / "c.json"), ValueError, "path must be None or a file name in an existing folder"),
     (lambda p: read(p, "c.gz", corrupt_gzip()), ValueError, r"c.gz: corrupt or truncated gzip data \(Error -3"),
     (lambda p: bc.load_mnist(n_test=2.5), ValueError, r"n_test must be an int in \(0, 5000\), got 2.5"),
     (lambda p: bc.load_mnist(seed="a"), ValueError, "seed must be an int >= 0, got 'a'"),
@@ -334,7 +335,7 @@ def test_claims_data_and_metrics(call, exc, match, tmp_path):
 def test_checks_accept_what_they_should():
     """The other side: numpy integers and floats are numbers, a 0-d bool tensor is a claim, NaN is no fraction."""
     assert bc.BIMTConfig(steps=np.int64(5), lr=np.float32(1e-3)).steps == 5
-    assert bc.Claims().check("holds", torch.tensor(True)) and not bc.Claims().check("fails", np.bool_(False))
-    assert bc.analyze(mlp(), np.float64(0.5)).threshold == 0.5
-    with bc.intervene(mlp(), neurons={"hidden1": []}, value=float("inf")):  # no positions, any number
+    assert bs.Claims().check("holds", torch.tensor(True)) and not bs.Claims().check("fails", np.bool_(False))
+    assert bs.analyze(mlp(), np.float64(0.5)).threshold == 0.5
+    with bs.intervene(mlp(), neurons={"hidden1": []}, value=float("inf")):  # no positions, any number
         pass

@@ -10,6 +10,7 @@ import torch.nn.functional as F  # noqa: E402
 from test_seeing import n_segments, set_weights, small_transformer  # noqa: E402
 
 import bimt_core as bc  # noqa: E402
+import bimt_seeing as bs
 
 RELEVANT = [("linears.0", 0, 0), ("linears.0", 0, 2), ("linears.1", 0, 0)]
 
@@ -34,7 +35,7 @@ def close_figures():
 @pytest.mark.parametrize("target", [0.75, 0.9, 1.0])
 def test_known_circuit_comes_back_exactly(method, target):
     m, x, metric = two_paths_task()
-    c = bc.discover_circuit(m, x, metric, target=target, method=method)
+    c = bs.discover_circuit(m, x, metric, target=target, method=method)
     assert c.edges == RELEVANT
     assert c.faithfulness == 1.0  # the other path never reaches y0: its ablation changes nothing
     assert c.total == 24 and c.method == method and c.seconds > 0
@@ -43,11 +44,11 @@ def test_known_circuit_comes_back_exactly(method, target):
 
 def test_irrelevant_path_scores_zero_and_magnitude_disagrees():
     m, x, metric = two_paths_task()
-    s = bc.edge_attribution(m, x, metric)
+    s = bs.edge_attribution(m, x, metric)
     assert s[0][3].abs().sum() == 0 and s[1][1].abs().sum() == 0
     assert (s[0][0, [0, 2]] > 0).all() and s[1][0, 0] > 0
-    with bc.prune(m, 0.9):  # magnitude keeps the irrelevant path's 5 -> -4 instead
-        assert bc.analyze(m).reach == {0: [], 1: [1]}
+    with bs.prune(m, 0.9):  # magnitude keeps the irrelevant path's 5 -> -4 instead
+        assert bs.analyze(m).reach == {0: [], 1: [1]}
 
 
 def mean_inputs(model, x):
@@ -78,7 +79,7 @@ def test_attribution_matches_finite_difference():
     # Move one connection's input from its mean (t = 0) to its clean value (t = 1) by weight edits:
     # W_ji -> t W_ji, b_j -> b_j + (1 - t) W_ji abar_i. The score is |d metric / dt| at t = 1.
     m, x, metric = random_task()
-    scores, abar, eps = bc.edge_attribution(m, x, metric), mean_inputs(m, x), 1e-5
+    scores, abar, eps = bs.edge_attribution(m, x, metric), mean_inputs(m, x), 1e-5
     for layer, j, i in [(0, 2, 1), (0, 5, 0), (1, 3, 4), (2, 0, 2), (2, 2, 4)]:
         f = []
         for t in (1 + eps, 1 - eps):
@@ -101,10 +102,10 @@ def test_faithfulness_matches_weight_edit_oracle():
     for _ in range(3):
         masks = [torch.rand(lin.weight.shape, generator=g) < 0.5 for lin in m.linears]
         oracle = (metric(edited(m, masks, abar)(x)).item() - empty) / (full - empty)
-        assert bc.circuit_faithfulness(m, masks, x, metric) == pytest.approx(oracle, rel=1e-9)
+        assert bs.circuit_faithfulness(m, masks, x, metric) == pytest.approx(oracle, rel=1e-9)
     everything = [torch.ones_like(lin.weight, dtype=torch.bool) for lin in m.linears]
-    assert bc.circuit_faithfulness(m, everything, x, metric) == 1.0
-    assert bc.circuit_faithfulness(m, [~k for k in everything], x, metric) == 0.0
+    assert bs.circuit_faithfulness(m, everything, x, metric) == 1.0
+    assert bs.circuit_faithfulness(m, [~k for k in everything], x, metric) == 0.0
 
 
 def test_transformer_scores_with_a_zero_baseline_are_weight_times_gradient():
@@ -118,9 +119,9 @@ def test_transformer_scores_with_a_zero_baseline_are_weight_times_gradient():
     def metric(out):
         return -F.mse_loss(out, target)
 
-    scores = bc.edge_attribution(t, x, metric, baseline=torch.zeros_like(x))
+    scores = bs.edge_attribution(t, x, metric, baseline=torch.zeros_like(x))
     metric(t(x)).backward()
-    graph = bc.network_graph(t)
+    graph = bs.network_graph(t)
     assert [s is None for s in scores] == [e.linear is None for e in graph.edges]
     for e, s in zip(graph.edges, scores):
         if e.linear is not None:
@@ -136,20 +137,20 @@ def test_transformer_circuits():
     def metric(out):
         return -F.mse_loss(out, target)
 
-    graph = bc.network_graph(t)
+    graph = bs.network_graph(t)
     full = [None if e.linear is None else torch.ones_like(e.linear.weight, dtype=torch.bool) for e in graph.edges]
-    assert bc.circuit_faithfulness(t, full, x, metric) == 1.0
-    assert bc.circuit_faithfulness(t, [m if m is None else ~m for m in full], x, metric) == 0.0
-    eap = bc.discover_circuit(t, x, metric, target=0.9)
+    assert bs.circuit_faithfulness(t, full, x, metric) == 1.0
+    assert bs.circuit_faithfulness(t, [m if m is None else ~m for m in full], x, metric) == 0.0
+    eap = bs.discover_circuit(t, x, metric, target=0.9)
     assert 0.9 <= eap.faithfulness and len(eap.edges) < eap.total == 1056
-    assert bc.circuit_faithfulness(t, eap.masks, x, metric) == pytest.approx(eap.faithfulness)
-    strong = bc.surviving(graph, 0.3)
-    acdc = bc.discover_circuit(t, x, metric, target=0.9, method="acdc", candidates=strong)
+    assert bs.circuit_faithfulness(t, eap.masks, x, metric) == pytest.approx(eap.faithfulness)
+    strong = bs.surviving(graph, 0.3)
+    acdc = bs.discover_circuit(t, x, metric, target=0.9, method="acdc", candidates=strong)
     assert acdc.faithfulness >= 0.9
     assert all(m is None or not (m & ~s).any() for m, s in zip(acdc.masks, strong))  # only candidates
     # surviving() gives identity edges an eye mask: they stay identity edges (None), for EAP as for ACDC
     assert [m is None for m in acdc.masks] == [e.linear is None for e in graph.edges]
-    eap_strong = bc.discover_circuit(t, x, metric, target=0.9, candidates=strong)
+    eap_strong = bs.discover_circuit(t, x, metric, target=0.9, candidates=strong)
     assert [m is None for m in eap_strong.masks] == [e.linear is None for e in graph.edges]
     assert eap_strong.faithfulness >= 0.9 and all(m is None or not (m & ~s).any()
                                                   for m, s in zip(eap_strong.masks, strong))
@@ -164,23 +165,23 @@ def test_corrupted_baseline_empty_circuit_is_the_corrupted_run():
     def metric(out):
         return (out * r).mean()  # linear in the output: a first-order change shows
 
-    graph = bc.network_graph(t)
+    graph = bs.network_graph(t)
     masks = [None if e.linear is None else torch.full_like(e.linear.weight, e.name != "embed_in", dtype=torch.bool)
              for e in graph.edges]
-    assert bc.circuit_faithfulness(t, masks, x, metric, baseline=xc) == pytest.approx(0.0, abs=1e-5)
+    assert bs.circuit_faithfulness(t, masks, x, metric, baseline=xc) == pytest.approx(0.0, abs=1e-5)
     masks[0][0, 0] = True  # one input connection back: no longer the corrupted run
-    assert bc.circuit_faithfulness(t, masks, x, metric, baseline=xc) > 1e-3
+    assert bs.circuit_faithfulness(t, masks, x, metric, baseline=xc) > 1e-3
 
 
 def test_plot_draws_only_the_circuit():
     m, x, metric = two_paths_task()
-    c = bc.discover_circuit(m, x, metric)
-    assert n_segments(bc.plot_network(m, masks=c.masks)) == 3
+    c = bs.discover_circuit(m, x, metric)
+    assert n_segments(bs.plot_network(m, masks=c.masks)) == 3
     t = small_transformer()
     xt = torch.randn(8, 3, 2, generator=torch.Generator().manual_seed(0))
-    ct = bc.discover_circuit(t, xt, lambda out: -F.mse_loss(out, xt.flip(-1)))
+    ct = bs.discover_circuit(t, xt, lambda out: -F.mse_loss(out, xt.flip(-1)))
     skips = 4 * 8  # identity edges are drawn as they are
-    assert n_segments(bc.plot_network(t, masks=ct.masks)) == len(ct.edges) + skips
+    assert n_segments(bs.plot_network(t, masks=ct.masks)) == len(ct.edges) + skips
 
 
 @pytest.mark.parametrize("bad, match", [
@@ -197,7 +198,7 @@ def test_clear_errors(bad, match):
     m, x, metric = two_paths_task()
     kw = dict(x=x, metric=metric) | bad
     with pytest.raises(ValueError, match=match):
-        bc.discover_circuit(m, **kw)
+        bs.discover_circuit(m, **kw)
 
 
 MLP_KINDS = {
@@ -225,12 +226,12 @@ def test_compact_equals_pruned_original(kind):
     m.swap("hidden1", 0, 5)
     x = mlp_inputs(m, g)
     for threshold in (0.0, 0.3, 0.6):
-        with bc.prune(m, threshold):
-            expected, active = m(x), bc.analyze(m).neurons
-        c = bc.compact(m, threshold)
+        with bs.prune(m, threshold):
+            expected, active = m(x), bs.analyze(m).neurons
+        c = bs.compact(m, threshold)
         assert torch.allclose(c(x), expected, atol=1e-6)
         assert (c.shape[0], c.shape[-1]) == (m.shape[0], m.shape[-1])
-        assert bc.analyze(c).neurons <= active  # compact also drops neurons that feed only dead ones
+        assert bs.analyze(c).neurons <= active  # compact also drops neurons that feed only dead ones
         assert sum(c.shape[1:-1]) < sum(m.shape[1:-1])  # at least the two constants are gone
         for new, old in zip(c.linears[1:], m.linears[1:]):  # kept neurons stay where they were
             assert torch.isin(new.in_coords, old.in_coords).all()
@@ -238,7 +239,7 @@ def test_compact_equals_pruned_original(kind):
 
 def test_compact_rejects_other_models_and_constant_networks():
     with pytest.raises(TypeError, match="supports BioMLP"):
-        bc.compact(small_transformer(), 0.1)
+        bs.compact(small_transformer(), 0.1)
     m = set_weights(bc.BioMLP([2, 3, 2]), {(0, 0, 0): 1.0, (1, 1, 2): 1.0})  # no path from input to output
     with pytest.raises(ValueError, match="constant"):
-        bc.compact(m)
+        bs.compact(m)

@@ -15,6 +15,7 @@ import torch.nn.functional as F  # noqa: E402
 from matplotlib.collections import LineCollection  # noqa: E402
 
 import bimt_core as bc  # noqa: E402
+import bimt_seeing as bs
 from test_core import assert_same_relocation  # noqa: E402  (brute_force_relocate on a float64_oracle)
 
 
@@ -159,7 +160,7 @@ def two_modules():
 
 def test_analyze_finds_the_hand_set_modules_through_the_skip():
     m = two_modules()
-    r = bc.analyze(m)
+    r = bs.analyze(m)
     assert (r.connections, r.total_connections) == (8, 4 * 6 + 6 * 8 + 8 * 6 + 6 * 2)  # the skip is not counted
     assert r.reach == {0: [0, 1], 1: [2, 3]}
     assert [(mod.inputs, mod.outputs, mod.hidden) for mod in r.modules] == [
@@ -169,14 +170,14 @@ def test_analyze_finds_the_hand_set_modules_through_the_skip():
     m.swap("input", 0, 3)
     m.swap("residual", 0, 5)
     m.swap("output", 0, 1)
-    r = bc.analyze(m)
+    r = bs.analyze(m)
     assert r.reach == {0: [0, 1], 1: [2, 3]}
     assert [(mod.inputs, mod.outputs) for mod in r.modules] == [([0, 1], [0]), ([2, 3], [1])]
     # a knock-out of the hidden neuron cuts output 1 from its inputs, as zeroing its outgoing weight does
     x = inputs()
-    with bc.intervene(m, neurons={"hidden": [3]}):
+    with bs.intervene(m, neurons={"hidden": [3]}):
         knocked = m(x)
-    with bc.intervene(m, weights={2: (slice(None), 3)}):
+    with bs.intervene(m, weights={2: (slice(None), 3)}):
         assert torch.equal(knocked, m(x))
     assert (knocked[:, 1] == 0).all() and not (m(x)[:, 1] == 0).all()
 
@@ -191,7 +192,7 @@ def test_train_relocates_and_activations_follow_the_graph():
 
 
 def test_plot_network_draws_every_connection_and_the_skip():
-    ax = bc.plot_network(two_modules(), in_labels=list("abcd"), out_labels=["y0", "y1"])
+    ax = bs.plot_network(two_modules(), in_labels=list("abcd"), out_labels=["y0", "y1"])
     ax.figure.canvas.draw()
     segments = sum(len(c.get_segments()) for c in ax.collections if isinstance(c, LineCollection))
     assert segments == 8 + 6  # the hand-set weights and the six identity connections of the skip
@@ -213,8 +214,8 @@ class PlainBioLinears(nn.Module):
 @pytest.mark.parametrize("call, match", [
     (lambda m: bc.relocate(m, 5), r"PlainBioLinears cannot be swapped: it needs a neuron_layers\(\) method"),
     (lambda m: bc.permute_units(m, 0, torch.arange(4)), "cannot be swapped"),
-    (lambda m: bc.analyze(m), r"PlainBioLinears cannot be analysed or drawn: it needs a graph\(\) method"),
-    (lambda m: bc.plot_network(m), "cannot be analysed or drawn"),
+    (lambda m: bs.analyze(m), r"PlainBioLinears cannot be analysed or drawn: it needs a graph\(\) method"),
+    (lambda m: bs.plot_network(m), "cannot be analysed or drawn"),
     (lambda m: bc.train(m, bc.BIMTConfig(steps=2), (torch.rand(8, 4), torch.rand(8, 2)),
                         (torch.rand(8, 4), torch.rand(8, 2)), F.mse_loss, progress=False), "cannot be swapped"),
 ])

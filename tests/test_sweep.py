@@ -1,13 +1,14 @@
-"""The seed sweep's bookkeeping (tests/sweep.py) and the reader the notebooks call (bc.claim_rates).
+"""The seed sweep's bookkeeping (studies/sweep.py) and the reader the notebooks call (bs.claim_rates).
 
 Oracle: a hand-written CSV whose success rates are counted by hand below. No notebook is executed here; the
-sweep's end-to-end run on synthetic notebooks is described in tests/sweep.py.
+sweep's end-to-end run on synthetic notebooks is described in studies/sweep.py.
 """
 import argparse
 
 import pytest
 
 import bimt_core as bc
+import bimt_seeing as bs
 import sweep
 
 # two_moons: seeds 0, 1, 2 and the authors' seed under both procedures; seed 2 crashed under the authors'
@@ -73,7 +74,7 @@ def parse_markdown(table: str) -> tuple[list[str], list[list[str]]]:
 
 
 def test_claim_rates_of_one_notebook_match_the_hand_count(csv_path):
-    head, body = parse_markdown(bc.claim_rates("two_moons", path=csv_path))
+    head, body = parse_markdown(bs.claim_rates("two_moons", path=csv_path))
     assert head == ["claim", "holds at the authors' seed (authors' procedure)",
                     "success rate, authors' procedure (k/n)", "success rate, clean procedure (k/n)"]
     assert [row[0] for row in body] == ["run completed", "accuracy above 0.99", "few neurons"]  # the run's order
@@ -82,16 +83,16 @@ def test_claim_rates_of_one_notebook_match_the_hand_count(csv_path):
 
 
 def test_claim_rates_of_all_notebooks_have_a_notebook_column(csv_path):
-    head, body = parse_markdown(bc.claim_rates(path=csv_path))
+    head, body = parse_markdown(bs.claim_rates(path=csv_path))
     assert head[0] == "notebook"
     assert {(row[0], row[1]): tuple(row[2:]) for row in body} == ORACLE
 
 
 def test_claim_rates_says_how_to_make_a_missing_csv(tmp_path, csv_path):
-    with pytest.raises(FileNotFoundError, match="tests/sweep.py --notebooks two_moons"):
-        bc.claim_rates("two_moons", path=tmp_path / "nothing.csv")
+    with pytest.raises(FileNotFoundError, match="studies/sweep.py --notebooks two_moons"):
+        bs.claim_rates("two_moons", path=tmp_path / "nothing.csv")
     with pytest.raises(ValueError, match="no claims of notebook 'permutation_s4'"):
-        bc.claim_rates("permutation_s4", path=csv_path)
+        bs.claim_rates("permutation_s4", path=csv_path)
 
 
 def test_the_figures_tally_agrees_with_the_hand_count(csv_path):

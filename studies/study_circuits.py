@@ -3,16 +3,17 @@
 Not collected by pytest. Resumable: every finished measurement is a row of results/circuits.csv, and a rerun
 skips what is there (trained networks are kept in results/models/, git-ignored).
 
-    .venv/bin/python tests/study_circuits.py            # the study -> results/circuits.csv, results/circuits.md
-    .venv/bin/python tests/study_circuits.py --costs    # what BIMT costs -> appended to results/circuits_costs.md
-    .venv/bin/python tests/study_circuits.py --summary  # rewrite results/circuits.md from the CSV only
+    .venv/bin/python studies/study_circuits.py            # the study -> results/circuits.csv, results/circuits.md
+    .venv/bin/python studies/study_circuits.py --costs    # what BIMT costs -> appended to results/circuits_costs.md
+    .venv/bin/python studies/study_circuits.py --summary  # rewrite results/circuits.md from the CSV only
 
 Per task and seed, three variants of the same architecture from the same data split and the same initialisation:
-  bimt     the paper's settings (experiments.md sections 3 and 5): connection cost A * d + l0, swaps;
+  bimt     the paper's settings (notebooks/modular_addition.ipynb, notebooks/incontext_regression.ipynb):
+           connection cost A * d + l0, swaps;
   l1       the same lambda schedule with A = 0 (the cost is l0 * |w|: plain L1), no swaps;
   lambda0  lambda 0, no swaps: plain training.
 Our clean procedure throughout (BIMTConfig defaults: float32, torch generators, a swap moves AdamW's state).
-Tasks: modular addition p = 59 (the Fig 5 notebook's config, tests/bench_circuits.py) and in-context linear
+Tasks: modular addition p = 59 (the Fig 5 notebook's config, benchmarks/bench_circuits.py) and in-context linear
 regression (the Fig 7 transformer; 40,000 steps as in the paper, not the notebook's 16,000).
 
 Circuit discovery (bimt_core.discover_circuit) on the test set with mean ablation. Metric: modular addition, the
@@ -24,7 +25,7 @@ position) to the true y2. For each trained network:
   - overlap with what BIMT makes visible, the connections >= 5% of their layer's max (the Fig 5 claims'
     threshold): Jaccard index of the connection sets, the fraction of the circuit inside, the fraction of the
     circuit's hidden neurons that are visible neurons, and (modular addition) the fraction of the circuit's
-    embedding dims inside bc.embedding_modules(model, 0.05).
+    embedding dims inside bs.embedding_modules(model, 0.05).
 """
 import argparse
 import csv
@@ -43,6 +44,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import bimt_core as bc  # noqa: E402
+import bimt_seeing as bs
 from bench_circuits import latency, modadd  # noqa: E402
 
 VARIANTS = {"bimt": {}, "l1": dict(weight_factor=0.0, swap=False), "lambda0": dict(lam=0.0, swap=False)}
@@ -202,9 +204,9 @@ def learned(graph: bc.Graph, masks: list) -> torch.Tensor:
 
 
 def hidden_units(graph: bc.Graph, masks: list) -> list:
-    """Per hidden row, its active units (bc.active_neurons; a circuit's identity edges are kept as they are)."""
-    full = [s if m is None else m for s, m in zip(bc.surviving(graph), masks)]
-    return [a for r, a in zip(graph.rows, bc.active_neurons(graph, full)) if r.kind == "hidden"]
+    """Per hidden row, its active units (bs.active_neurons; a circuit's identity edges are kept as they are)."""
+    full = [s if m is None else m for s, m in zip(bs.surviving(graph), masks)]
+    return [a for r, a in zip(graph.rows, bs.active_neurons(graph, full)) if r.kind == "hidden"]
 
 
 def overlap(model, graph: bc.Graph, masks: list, visible: list, modules: list | None) -> dict:
@@ -216,8 +218,8 @@ def overlap(model, graph: bc.Graph, masks: list, visible: list, modules: list | 
            "in_visible": int((c & v).sum()) / max(int(c.sum()), 1),
            "hidden": n_hidden, "hidden_in_visible": sum(int((a & b).sum()) for a, b in zip(hc, hv)) / max(n_hidden, 1)}
     if modules is not None:  # the input row's units are the embedding dims (both operand copies are one unit)
-        full = [s if m is None else m for s, m in zip(bc.surviving(graph), masks)]
-        dims = set(bc.active_neurons(graph, full)[0].nonzero().flatten().tolist())
+        full = [s if m is None else m for s, m in zip(bs.surviving(graph), masks)]
+        dims = set(bs.active_neurons(graph, full)[0].nonzero().flatten().tolist())
         inside = set().union(*map(set, modules))
         out |= {"embed_dims": len(dims), "embed_in_modules": len(dims & inside) / max(len(dims), 1)}
     return out
@@ -225,9 +227,9 @@ def overlap(model, graph: bc.Graph, masks: list, visible: list, modules: list | 
 
 def measure(task: Task, variant: str, seed: int, model, test, results: Results, budget: float) -> None:
     """Every group of circuit measurements of one trained network that the CSV does not hold yet."""
-    graph, x, metric = bc.network_graph(model), test[0], task.metric(test)
-    visible = bc.surviving(graph, VISIBLE)
-    modules = bc.embedding_modules(model, VISIBLE) if getattr(model, "embedding", None) is not None else None
+    graph, x, metric = bs.network_graph(model), test[0], task.metric(test)
+    visible = bs.surviving(graph, VISIBLE)
+    modules = bs.embedding_modules(model, VISIBLE) if getattr(model, "embedding", None) is not None else None
 
     def add(group, values, note=""):
         results.add(task.name, variant, seed, group, values, note)
@@ -235,21 +237,21 @@ def measure(task: Task, variant: str, seed: int, model, test, results: Results, 
         print(f"  {task.name} {variant} seed {seed} {group}: {shown}{' (' + note + ')' if note else ''}", flush=True)
 
     if not results.done(task.name, variant, seed, "visible"):
-        r = bc.analyze(model, VISIBLE, graph)
+        r = bs.analyze(model, VISIBLE, graph)
         values = {"connections": r.connections, "total": r.total_connections, "hidden": r.hidden_neurons,
                   "components": len(r.modules),  # connected input -> output components
-                  "faithfulness": bc.circuit_faithfulness(model, visible, x, metric, graph=graph)}
+                  "faithfulness": bs.circuit_faithfulness(model, visible, x, metric, graph=graph)}
         if modules is not None:
             values |= {"modules": len(modules), "module_dims": sum(map(len, modules))}
         add("visible", values)
     for target in TARGETS:
         group = f"eap@{target}"
         if not results.done(task.name, variant, seed, group):
-            c = bc.discover_circuit(model, x, metric, target, "eap", graph=graph)
+            c = bs.discover_circuit(model, x, metric, target, "eap", graph=graph)
             add(group, {"size": len(c.edges), "faithfulness": c.faithfulness, "seconds": c.seconds}
                 | overlap(model, graph, c.masks, visible, modules))
     nonzero = [None if e.linear is None else e.linear.weight.detach() != 0 for e in graph.edges]
-    small = [None if e.linear is None else m for e, m in zip(graph.edges, bc.surviving(graph, ACDC_SMALL))]
+    small = [None if e.linear is None else m for e, m in zip(graph.edges, bs.surviving(graph, ACDC_SMALL))]
     for group, cand, what in ((f"acdc@{ACDC_TARGET}", nonzero, "every non-zero weight"),
                               (f"acdc1%@{ACDC_TARGET}", small, f"connections >= {ACDC_SMALL:g} of their layer's max")):
         if results.measured(task.name, variant, seed, group):
@@ -264,14 +266,14 @@ def measure(task: Task, variant: str, seed: int, model, test, results: Results, 
             continue
         if results.done(task.name, variant, seed, group):  # not measured before, affordable now
             results.drop(task.name, variant, seed, group)
-        c = bc.discover_circuit(model, x, metric, ACDC_TARGET, "acdc", candidates=cand, graph=graph)
+        c = bs.discover_circuit(model, x, metric, ACDC_TARGET, "acdc", candidates=cand, graph=graph)
         add(group, {"candidates": n, "size": len(c.edges), "faithfulness": c.faithfulness, "seconds": c.seconds}
             | overlap(model, graph, c.masks, visible, modules), f"candidates: {what}")
 
 
 def forward_seconds(model, graph, x, metric, masks, repeats: int = 5) -> float:
     """Median seconds of one ablated forward pass (what ACDC pays per candidate)."""
-    faith = bc._faithfulness(model, graph, x, metric, None)
+    faith = bs._faithfulness(model, graph, x, metric, None)
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
@@ -310,7 +312,7 @@ COMMON = [
     ("acdc1%@0.9.jaccard_visible", "Jaccard(ACDC1%@0.9 circuit, visible connections)", ".3f"),
 ]
 MODADD_MODULES = [
-    ("visible.modules", "embedding modules at 5% (bc.embedding_modules)", ".0f"),
+    ("visible.modules", "embedding modules at 5% (bs.embedding_modules)", ".0f"),
     ("visible.module_dims", "embedding dims in those modules (of 32)", ".0f"),
     ("eap@0.9.embed_dims", "embedding dims the EAP@0.9 circuit reads", ".0f"),
     ("eap@0.9.embed_in_modules", "fraction of those inside the modules", ".3f"),
@@ -327,7 +329,7 @@ def cell(vals: list, fmt: str) -> str:
 
 
 def summary(results: Results) -> str:
-    lines = ["# Automated circuit discovery on BIMT, L1 and lambda-0 networks (tests/study_circuits.py)", "",
+    lines = ["# Automated circuit discovery on BIMT, L1 and lambda-0 networks (studies/study_circuits.py)", "",
              "Median [min, max] over seeds; n/m: not measured (see the notes below). Mean ablation on the test set.", ""]
     for task in ("modadd", "incontext"):
         seeds = sorted({r["seed"] for r in results.rows if r["task"] == task}, key=int)
@@ -411,7 +413,7 @@ def peak_memory(task: str, variant: str, steps: int, incontext_steps: int) -> fl
 
 def costs(args, all_tasks: dict, models: Path, results: Results) -> str:
     seed = args.seeds[0]
-    lines = [f"## Costs, {datetime.now():%Y-%m-%d %H:%M} (tests/study_circuits.py --costs)", "",
+    lines = [f"## Costs, {datetime.now():%Y-%m-%d %H:%M} (studies/study_circuits.py --costs)", "",
              f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {os.cpu_count()} CPUs, load average "
              f"{os.getloadavg()[0]:.1f} at the start. Trained networks: seed {seed} of the study.", ""]
     for name, task in all_tasks.items():
@@ -443,7 +445,7 @@ def inference(task: Task, seed: int, models: Path, results: Results) -> list:
                torch.cat([train[0], test[0]])}
     nets = {"BIMT": bimt, "lambda 0": plain}
     if isinstance(bimt, bc.BioMLP):
-        nets |= {f"{n} compact({t:g})": bc.compact(m, t) for t in (VISIBLE, 0.01) for n, m in
+        nets |= {f"{n} compact({t:g})": bs.compact(m, t) for t in (VISIBLE, 0.01) for n, m in
                  (("BIMT", bimt), ("lambda 0", plain))}
     rows = ["Inference (median of 200 interleaved calls per batch, no_grad; speedup = BIMT dense time / this "
             f"network's time; {task.perf_name} on the test set):", "",

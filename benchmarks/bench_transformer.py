@@ -1,6 +1,6 @@
 """Timings for the Fig 7 transformer (not collected by pytest): one training step and one relocate.
 
-    python tests/bench_transformer.py [--threads N]
+    python benchmarks/bench_transformer.py [--threads N]
 
 Training step = forward + MSE + lambda * connection_cost + backward + AdamW step, batch 64, sequence length 3,
 d_model 32, 2 blocks, 1 head, MLP 128. Relocate: top_k 20 over every neuron layer. Prints medians.

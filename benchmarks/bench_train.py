@@ -1,6 +1,6 @@
 """Benchmark: bimt_core.train against a bare PyTorch loop on the same model, side by side in one process.
 
-Not collected by pytest. Run: .venv/bin/python tests/bench_train.py [--threads N]
+Not collected by pytest. Run: .venv/bin/python benchmarks/bench_train.py [--threads N]
 The bare loop is the least a user would write for the same training: the model's forward, the task loss
 plus lambda * sum |W| * (A d + l0) with the coefficients computed once, backward, and the same AdamW.
 train() adds the lambda schedule, the bias-penalty phase, the NaN guard, evaluation, the progress bar and

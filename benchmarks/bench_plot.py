@@ -1,6 +1,6 @@
 """Time the drawing of the MNIST-shaped network (784-100-100-10, 89,400 connections), render included.
 
-Not collected by pytest. Run: python tests/bench_plot.py [out.png]
+Not collected by pytest. Run: python benchmarks/bench_plot.py [out.png]
 """
 import pathlib
 import sys
@@ -14,6 +14,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import bimt_core as bc  # noqa: E402
+import bimt_seeing as bs
 
 torch.set_num_threads(1)
 print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
@@ -21,9 +22,9 @@ model = bc.BioMLP([784, 100, 100, 10], geometry="grid", out_geometry="ring", fix
                   generator=torch.Generator().manual_seed(0))
 line = bc.BioMLP([784, 100, 100, 10], generator=torch.Generator().manual_seed(0))
 digit = torch.rand(28, 28, generator=torch.Generator().manual_seed(1))
-for name, draw in [("plot_network_3d (grid)", lambda: bc.plot_network_3d(model, image=digit,
+for name, draw in [("plot_network_3d (grid)", lambda: bs.plot_network_3d(model, image=digit,
                                                                            out_labels=list(range(10)))),
-                   ("plot_network (line)", lambda: bc.plot_network(line))]:
+                   ("plot_network (line)", lambda: bs.plot_network(line))]:
     t, c = time.perf_counter(), time.process_time()
     ax = draw()
     ax.figure.canvas.draw()  # the lines are only rasterised here

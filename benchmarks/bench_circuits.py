@@ -1,8 +1,8 @@
 """Circuit discovery on BIMT networks and what BIMT costs (Nainani 2024, arXiv:2401.03646). Not collected by pytest.
 
-    python tests/bench_circuits.py [--modadd] [--threads N]
+    python benchmarks/bench_circuits.py [--modadd] [--threads N]
 
-Trains two moons (experiments.md section 2, about 10 s per model) with BIMT and, for comparison, without it
+Trains two moons (notebooks/two_moons.ipynb, about 10 s per model) with BIMT and, for comparison, without it
 (lambda 0, no swaps; same steps, lr and seed). For each model: EAP and ACDC (mean ablation, metric = mean
 correct-class log-prob on the test set) at faithfulness 0.9 and 0.99, their time and circuit size; then
 `compact` at the relative threshold of the Fig 4 claims and its inference latency against the original
@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import bimt_core as bc  # noqa: E402
+import bimt_seeing as bs
 
 THRESHOLD = 0.05  # the Fig 4 notebook's claims threshold (relative to each layer's strongest weight)
 
@@ -78,21 +79,21 @@ def report(name, model, test, big_x, acdc_threshold: float):
     def metric(out):
         return out.log_softmax(-1)[torch.arange(len(y)), y].mean()
 
-    graph = bc.network_graph(model)
-    cand = bc.surviving(graph, acdc_threshold)
-    r = bc.analyze(model, THRESHOLD)
+    graph = bs.network_graph(model)
+    cand = bs.surviving(graph, acdc_threshold)
+    r = bs.analyze(model, THRESHOLD)
     print(f"\n{name}: test accuracy {acc:.3f}; at threshold {THRESHOLD}: {r.connections}/{r.total_connections} "
           f"connections, {r.neurons}/{r.total_neurons} neurons")
     for target in (0.9, 0.99):
         for method in ("eap", "acdc"):
             kw = dict(candidates=cand) if method == "acdc" and acdc_threshold > 0 else {}
-            c = bc.discover_circuit(model, x, metric, target=target, method=method, **kw)
+            c = bs.discover_circuit(model, x, metric, target=target, method=method, **kw)
             print(f"  target {target}: {method:4s} {len(c.edges):5d}/{c.total} connections, faithfulness "
                   f"{c.faithfulness:.3f}, {c.seconds * 1e3:8.1f} ms"
                   + (f" (ACDC over {sum(int(m.sum()) for m in cand)} connections >= {acdc_threshold} of max)"
                      if kw else ""))
-    small = bc.compact(model, THRESHOLD)
-    with torch.no_grad(), bc.prune(model, THRESHOLD):
+    small = bs.compact(model, THRESHOLD)
+    with torch.no_grad(), bs.prune(model, THRESHOLD):
         same = torch.allclose(small(big_x), model(big_x), atol=1e-5)
         acc_small = bc.accuracy(small(x), y)
     print(f"  compact at {THRESHOLD}: {model.shape} -> {small.shape}, test accuracy {acc_small:.3f}, "

@@ -1,0 +1,706 @@
+"""Seeing a trained BIMT network: which neurons and connections survive, the modules they form, circuits
+found by attribution (EAP, ACDC), pruning and interventions, network drawings, training GIFs, widgets, and the
+checked claims of the notebooks with their success rates over seeds. The method itself (layers, cost,
+swapping, training) is bimt_core; this module imports it and is never imported by it. Top to bottom:
+analysis -> circuits -> plotting -> claims.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import numbers
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import bimt_core as bc
+
+# -- Analysis ----------------------------------------------------------------------------------------
+def network_graph(model: nn.Module, graph: bc.Graph | None = None) -> bc.Graph:
+    """graph if given, else model.graph(), with a clear error for a model that does not describe itself."""
+    if graph is None:
+        if not callable(getattr(model, "graph", None)):
+            raise TypeError(f"{type(model).__name__} cannot be analysed or drawn: it needs a graph() method "
+                            f"describing its rows of neurons and the BioLinears between them (see "
+                            f"bc.SwappableModel and BioMLP.graph), or pass graph=")
+        graph = model.graph()
+    bc._check(isinstance(graph, bc.Graph), "graph", type(graph).__name__, "a bc.Graph (see BioMLP.graph)", TypeError)
+    return graph
+
+def surviving(graph: bc.Graph, threshold: float = 0.0) -> list[torch.Tensor]:
+    """Per edge, the (out, in) bool mask of w != 0 with |w| >= threshold * max |w| of its layer (threshold: [0, 1])."""
+    bc._number("threshold", threshold, 0, 1)
+    masks = []
+    for _, lin, _, d, _ in graph.edges:
+        w = torch.eye(len(graph.rows[d].unit)) if lin is None else lin.weight.detach().abs().cpu()
+        masks.append((w > 0) & (w >= threshold * w.max()))
+    return masks
+
+def _ends(graph: bc.Graph, masks: list, skips: bool = True) -> tuple[list, list]:
+    """Per row, a bool per position: (an incoming, an outgoing) connection in masks (with skips: identities too)."""
+    has_in, has_out = ([torch.zeros(len(r.coords), dtype=torch.bool) for r in graph.rows] for _ in range(2))
+    for e, m in zip(graph.edges, masks):
+        if skips or e.linear is not None:
+            has_out[e.src][e.src_cols()] |= m.any(0)
+            has_in[e.dst] |= m.any(1)
+    return has_in, has_out
+
+def active_neurons(graph: bc.Graph, masks: list) -> list[torch.Tensor]:
+    """Per row, a bool per unit: one of its copies keeps an incoming and an outgoing connection (an input
+    needs only the outgoing one, an output the incoming one)."""
+    active = []
+    for r, i, o in zip(graph.rows, *_ends(graph, masks)):
+        a = o if r.kind == "input" else (i if r.kind == "output" else i & o)
+        units = torch.zeros(int(r.unit.max()) + 1, dtype=torch.bool)
+        units[r.unit[a]] = True
+        active.append(units)
+    return active
+
+@dataclass
+class Module:
+    """A connected component linking inputs to outputs (caller indices); hidden: row name -> positions."""
+    inputs: list
+    outputs: list
+    hidden: dict
+
+    def __str__(self):
+        return (f"inputs {_short(self.inputs)} -> outputs {_short(self.outputs)} "
+                f"({sum(map(len, self.hidden.values()))} hidden neurons)")
+
+def _short(xs: list, n: int = 12) -> str:
+    return str(xs) if len(xs) <= n else f"[{', '.join(map(str, xs[:n]))}, ... ({len(xs)} in all)]"
+
+def find_modules(graph: bc.Graph, masks: list, active: list | None = None) -> list[Module]:
+    """The components (union-find over masks) holding an input and an output, sorted by their inputs."""
+    offset = np.cumsum([0] + [int(r.unit.max()) + 1 for r in graph.rows]).tolist()  # of each row's first unit
+    parent = list(range(offset[-1]))
+
+    def root(a):
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    for e, m in zip(graph.edges, masks):
+        o, i = m.nonzero(as_tuple=True)
+        dst_units, src_units = graph.rows[e.dst].unit[o], graph.rows[e.src].unit[e.src_cols()][i]
+        for a, b in zip((offset[e.dst] + dst_units).tolist(), (offset[e.src] + src_units).tolist()):
+            ra, rb = root(a), root(b)
+            if ra != rb:
+                parent[ra] = rb
+    comps = {}
+    for ri, (r, act) in enumerate(zip(graph.rows, active or active_neurons(graph, masks))):
+        for u in act.nonzero().flatten().tolist():
+            c = comps.setdefault(root(offset[ri] + u), Module([], [], {}))
+            if r.kind == "hidden":
+                c.hidden.setdefault(r.name, []).append(u)
+            else:
+                callers = r.caller[r.unit == u].tolist()
+                (c.inputs if r.kind == "input" else c.outputs).extend(callers[:1])
+    mods = [Module(sorted(m.inputs), sorted(m.outputs), m.hidden) for m in comps.values() if m.inputs and m.outputs]
+    return sorted(mods, key=lambda m: (m.inputs, m.outputs))
+
+def reach_matrices(graph: bc.Graph, masks: list) -> list:
+    """Per row, (positions, inputs) bool: which caller inputs reach each neuron (None: no input feeds the row)."""
+    inp = next(r for r in graph.rows if r.kind == "input")
+    reach = [None] * len(graph.rows)
+    reach[graph.rows.index(inp)] = F.one_hot(inp.caller, int(inp.caller.max()) + 1).bool()
+    for e, m in zip(graph.edges, masks):
+        if reach[e.src] is not None:
+            r = (m.float() @ reach[e.src][e.src_cols()].float()) > 0
+            reach[e.dst] = r if reach[e.dst] is None else reach[e.dst] | r
+    return reach
+
+@dataclass
+class NetworkReport:
+    """The numbers behind a picture, at one relative threshold (see `analyze`).
+    reach: {output: inputs with a surviving path to it} (caller indices); active[r]: the active units of
+    row r; reads[r]: {active unit of row r: the inputs with a surviving path to it} (internal positions)."""
+    threshold: float
+    connections: int
+    total_connections: int
+    neurons: int
+    total_neurons: int
+    hidden_neurons: int  # active neurons of the hidden rows
+    wiring: float  # sum over surviving connections of |w| * length
+    reach: dict
+    modules: list
+    rows: list
+    active: list
+    reads: list
+    metric: float | None = None
+
+    def __str__(self):
+        lines = [f"threshold {self.threshold:g}: {self.connections}/{self.total_connections} connections, "
+                 f"{self.neurons}/{self.total_neurons} neurons active, wiring length {self.wiring:.4g}"
+                 + ("" if self.metric is None else f", metric {self.metric:.4g}")]
+        lines += [f"  output {o} reads inputs {_short(i)}" for o, i in self.reach.items()]
+        lines += [f"  module {k}: {m}" for k, m in enumerate(self.modules)]
+        return "\n".join(lines)
+
+def analyze(model: nn.Module, threshold: float = 0.0, graph: bc.Graph | None = None) -> NetworkReport:
+    """The `NetworkReport` of the connections that survive a relative threshold (the weights are unchanged)."""
+    graph = network_graph(model, graph)
+    masks = surviving(graph, threshold)
+    active = active_neurons(graph, masks)
+    reach = reach_matrices(graph, masks)
+    wiring = sum(float((e.linear.weight.detach().abs().cpu() * e.linear.dist.cpu() * m).sum())
+                 for e, m in zip(graph.edges, masks) if e.linear is not None)
+    learned = [m for e, m in zip(graph.edges, masks) if e.linear is not None]  # skips are not counted
+    outputs, reads = {}, []
+    for r, rr, act in zip(graph.rows, reach, active):
+        units = act.nonzero().flatten().tolist()
+        pos = {u: (r.unit == u).nonzero().flatten() for u in units}  # a unit's positions (its fold copies)
+        reads.append({} if rr is None or r.kind == "input" else
+                     {u: rr[p].any(0).nonzero().flatten().tolist() for u, p in pos.items()})
+        if r.kind == "output" and rr is not None:
+            outputs.update({c: rr[p].nonzero().flatten().tolist() for p, c in enumerate(r.caller.tolist())})
+    return NetworkReport(threshold, sum(int(m.sum()) for m in learned), sum(m.numel() for m in learned),
+                         sum(int(a.sum()) for a in active), sum(len(a) for a in active),
+                         sum(int(a.sum()) for r, a in zip(graph.rows, active) if r.kind == "hidden"), wiring,
+                         dict(sorted(outputs.items())), find_modules(graph, masks, active),
+                         [r.name for r in graph.rows], [a.nonzero().flatten().tolist() for a in active], reads)
+
+def embedding_modules(model: nn.Module, threshold: float) -> list[list[int]]:
+    """The embedding dims of each module of the network below the output row (every output reads them all)."""
+    if getattr(model, "embedding", None) is None:
+        raise ValueError(f"{type(model).__name__} has no token embedding (BioMLP with vocab_size)")
+    graph = network_graph(model)
+    return [m.inputs for m in analyze(model, threshold, graph.upto(graph.rows[-2].name)).modules]
+
+@dataclass
+class Pruned:
+    """What `prune` changed (original weights by name) and what survived; restores the weights on exit."""
+    saved: dict
+    connections: int
+    neurons: int
+    model: nn.Module = field(repr=False, default=None)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        restore(self.model, self)
+
+def _param_names(model: nn.Module) -> dict:
+    return {id(p): name for name, p in model.named_parameters()}
+
+def prune(model: nn.Module, threshold: float, graph: bc.Graph | None = None) -> Pruned:
+    """Zero every weight with |w| < threshold * (its layer's max |w|); `restore(model, record)` undoes it."""
+    graph = network_graph(model, graph)
+    names, saved = _param_names(model), {}
+    masks = surviving(graph, threshold)
+    with torch.no_grad():
+        for (_, lin, _, _, _), m in filter(lambda em: em[0].linear is not None, zip(graph.edges, masks)):
+            saved[names[id(lin.weight)]] = lin.weight.detach().clone()
+            lin.weight.mul_(m.to(lin.weight.device))
+    report = analyze(model, 0.0, graph)
+    return Pruned(saved, report.connections, report.neurons, model)
+
+def restore(model: nn.Module, record) -> None:
+    """Put back the tensors saved in a `Pruned` record (or a {parameter name: tensor} dict)."""
+    params, saved = dict(model.named_parameters()), getattr(record, "saved", record)
+    bc._check(isinstance(saved, dict), "record", type(record).__name__, "a Pruned record or a {name: tensor} dict",
+           TypeError)
+    bad = {k: getattr(t, "shape", t) for k, t in saved.items()
+           if getattr(params.get(k), "shape", 0) != getattr(t, "shape", 1)}
+    bc._check(not bad, f"the saved tensors of {type(model).__name__}", bad, "its parameters, by name and shape")
+    with torch.no_grad():
+        for name, t in saved.items():
+            params[name].copy_(t)
+
+@contextmanager
+def intervene(model: nn.Module, weights: dict | None = None, neurons: dict | None = None,
+              embedding_dims=None, value: float = 0.0, graph: bc.Graph | None = None):
+    """Within the block, set weights, neuron activations or embedding dims to `value` (0: knock-out); all is
+    restored on exit. weights: {edge index: (out, in) bool mask or index}. neurons: {row name or index:
+    positions (units of a folded row)}, replaced where BioLinears read them (an identity edge still carries
+    the original) and where outputs are written. embedding_dims: columns of model.embedding."""
+    graph = network_graph(model, graph)
+    rows, names, saved, hooks = graph.rows, _param_names(model), {}, []
+    bc._check(isinstance(value, numbers.Real) and not isinstance(value, bool), "value", value, "a number")
+    learned = {i: e.name for i, e in enumerate(graph.edges) if e.linear is not None}
+
+    def put(t, where, what):  # t[where] = value, saving t first
+        saved.setdefault(names[id(t)], t.detach().clone())
+        try:
+            t[where] = value
+        except (IndexError, RuntimeError, TypeError) as err:
+            raise ValueError(f"{what} does not fit the {tuple(t.shape)} tensor it indexes ({err})") from None
+
+    try:
+        with torch.no_grad():
+            for e, where in (weights or {}).items():
+                bc._check(bc._is_int(e, 0) and e in learned, "a key of weights", e,
+                       f"the index of an edge with a BioLinear, one of {learned}")
+                put(graph.edges[e].linear.weight, where, f"weights[{e}] (edge {learned[e]!r})")
+            if embedding_dims is not None:
+                bc._check(getattr(model, "embedding", None) is not None, "embedding_dims", embedding_dims,
+                       f"None: {type(model).__name__} has no token embedding")
+                put(model.embedding, (slice(None), embedding_dims), f"embedding_dims {embedding_dims!r}")
+        for row, pos in (neurons or {}).items():
+            r, pos = graph.index(row), torch.as_tensor(pos)
+            n = int(rows[r].unit.max()) + 1
+            bc._check(not pos.numel() or pos.dtype == torch.long and 0 <= pos.min() <= pos.max() < n,
+                   f"neurons[{row!r}]", pos.tolist(), f"positions in [0, {n})")
+            hit = torch.isin(rows[r].unit, pos)
+            for e in filter(lambda e: e.linear is not None, graph.edges):
+                lin = e.linear
+                if e.src == r:
+                    idx = hit[e.src_cols()].nonzero().flatten()  # the linear's input columns
+                    hooks.append(lin.register_forward_pre_hook(
+                        lambda m, args, idx=idx: (args[0].index_fill(-1, idx.to(args[0].device), value),)))
+                elif e.dst == r and rows[r].kind == "output":
+                    idx = hit.nonzero().flatten()
+                    hooks.append(lin.register_forward_hook(
+                        lambda m, args, out, idx=idx: out.index_fill(-1, idx.to(out.device), value)))
+        yield model
+    finally:
+        for h in hooks:
+            h.remove()
+        restore(model, saved)
+
+# Circuits (Nainani 2024, arXiv:2401.03646). Ablating connection i -> j makes its BioLinear read a baseline
+# abar_i instead of a_i for that connection only: z = (W*M) a + (W*(1-M)) abar + b, M the kept connections.
+
+def _run(model: nn.Module, graph: bc.Graph, x: torch.Tensor, masks: list | None = None, abar: list | None = None):
+    """model(x) with the connections outside `masks` (per edge an (out, in) bool mask; None: keep all)
+    ablated to `abar`, and per edge the (input (B, ..., in), output (B, ..., out)) of its BioLinear."""
+    seen = [None] * len(graph.edges)
+
+    def hook(k, lin, args, z):
+        if masks is not None and masks[k] is not None:
+            z = z + F.linear(abar[k] - args[0], lin.weight * ~masks[k].to(z.device))
+        seen[k] = (args[0], z)
+        return z
+
+    hooks = [e.linear.register_forward_hook(partial(hook, k)) for k, e in enumerate(graph.edges)
+             if e.linear is not None]
+    try:
+        return model(x), seen
+    finally:
+        for h in hooks:
+            h.remove()
+
+def _baseline(model: nn.Module, graph: bc.Graph, x: torch.Tensor, baseline: torch.Tensor | None) -> list:
+    """Per edge, what ablated connections read: each BioLinear input's mean over the batch (1, ..., in) if
+    baseline is None (mean ablation), else its value when the model runs on the corrupted batch `baseline`."""
+    if baseline is not None and baseline.shape != x.shape:
+        raise ValueError(f"a corrupted baseline must have the shape of x {tuple(x.shape)}, got {tuple(baseline.shape)}")
+    with torch.no_grad():
+        seen = _run(model, graph, x if baseline is None else baseline)[1]
+    return [None if s is None else s[0].mean(0, keepdim=True) if baseline is None else s[0] for s in seen]
+
+def _metric(metric, y: torch.Tensor) -> torch.Tensor:
+    if not (torch.is_tensor(m := metric(y)) and m.dim() == 0):
+        raise ValueError(f"metric(output) must return a scalar tensor (e.g. a mean over the batch), got {m!r:.80}")
+    return m
+
+def edge_attribution(model: nn.Module, x: torch.Tensor, metric, baseline: torch.Tensor | None = None,
+                     graph: bc.Graph | None = None) -> list:
+    """Edge attribution patching: per graph edge an (out, in) tensor (None: identity) of |sum over batch and
+    positions of (a_i - abar_i) W_ji dmetric/dz_j|, the first-order effect of ablating i -> j alone.
+    metric(output) -> scalar tensor, not at its optimum; baseline: None (mean ablation) or a corrupted x."""
+    graph = graph or network_graph(model)
+    abar = _baseline(model, graph, x, baseline)
+    with torch.enable_grad():
+        y, seen = _run(model, graph, x)
+        ks = [k for k, s in enumerate(seen) if s is not None]
+        grads = torch.autograd.grad(_metric(metric, y), [seen[k][1] for k in ks], materialize_grads=True)
+    scores = [None] * len(graph.edges)
+    for k, g in zip(ks, grads):
+        a, w = seen[k][0], graph.edges[k].linear.weight
+        scores[k] = (w * (g.reshape(-1, len(w)).T @ (a - abar[k]).reshape(-1, w.shape[1]))).detach().abs().cpu()
+    return scores
+
+def _faithfulness(model: nn.Module, graph: bc.Graph, x: torch.Tensor, metric, baseline):
+    """masks -> faithfulness on x; the baseline and the full and empty circuits' metrics computed once."""
+    abar = _baseline(model, graph, x, baseline)
+
+    def value(masks):
+        with torch.no_grad():
+            return float(_metric(metric, _run(model, graph, x, masks, abar)[0]))
+
+    full = value(None)
+    empty = value([None if e.linear is None else torch.zeros_like(e.linear.weight, dtype=torch.bool)
+                   for e in graph.edges])
+    if full == empty:
+        raise ValueError(f"the metric is {full:.6g} for the full and the empty circuit alike: nothing to preserve")
+    return lambda masks: (value(masks) - empty) / (full - empty)
+
+def circuit_faithfulness(model: nn.Module, masks: list, x: torch.Tensor, metric,
+                         baseline: torch.Tensor | None = None, graph: bc.Graph | None = None) -> float:
+    """(m_circuit - m_empty) / (m_full - m_empty) of per-edge (out, in) bool masks (None: identity edge)."""
+    return _faithfulness(model, graph or network_graph(model), x, metric, baseline)(masks)
+
+@dataclass
+class Circuit:
+    """What `discover_circuit` found: per graph edge the (out, in) bool mask of kept connections (None:
+    identity edge); `edges` lists them as (edge name, out, in) of its BioLinear; total: all connections."""
+    masks: list
+    edges: list
+    total: int
+    faithfulness: float
+    seconds: float
+    method: str
+
+    def __str__(self):
+        return (f"{self.method} circuit: {len(self.edges)}/{self.total} connections, faithfulness "
+                f"{self.faithfulness:.3f}, found in {self.seconds:.3g} s: {_short(self.edges, 6)}")
+
+def discover_circuit(model: nn.Module, x: torch.Tensor, metric, target: float = 0.9, method: str = "eap",
+                     baseline: torch.Tensor | None = None, candidates: list | None = None,
+                     graph: bc.Graph | None = None) -> Circuit:
+    """A small circuit with `circuit_faithfulness` >= target (else all candidates). 'eap': the fewest top
+    connections by `edge_attribution`; 'acdc': from the output side, drop each connection whose removal keeps
+    the target. candidates: per edge (out, in) bool masks of what may be kept (default: non-zero weights)."""
+    if method not in ("eap", "acdc"):
+        raise ValueError(f"unknown method {method!r}; expected 'eap' or 'acdc'")
+    bc._check(0 < target <= 1, "target faithfulness", target, "in (0, 1]")
+    t0, graph = time.perf_counter(), graph or network_graph(model)
+    cand = candidates or [None if e.linear is None else e.linear.weight.detach().cpu() != 0 for e in graph.edges]
+    cand = [None if e.linear is None else c for e, c in zip(graph.edges, cand)]  # skips: never candidates
+    faith = _faithfulness(model, graph, x, metric, baseline)
+    if method == "eap":
+        scores = edge_attribution(model, x, metric, baseline, graph)
+        flat = torch.cat([torch.where(c, s, -1.0).flatten() for s, c in zip(scores, cand) if c is not None])
+        rank = flat.argsort(descending=True, stable=True).argsort()
+        ranks = iter(rank.split([c.numel() for c in cand if c is not None]))
+        ranks = [None if c is None else next(ranks).view(c.shape) for c in cand]  # non-candidates rank last
+
+        def top(k):
+            return [r if r is None else r < k for r in ranks]
+
+        # Faithfulness grows with k almost monotonically: bisection finds a k reaching the target next to one
+        # missing it (k = 0: faithfulness 0) in log2(n) forward passes, not n; a smaller k after a dip is missed.
+        lo, hi = 0, sum(int(c.sum()) for c in cand if c is not None)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if faith(top(mid)) >= target else (mid, hi)
+        masks = top(hi)
+    else:
+        masks = [None if c is None else c.clone() for c in cand]
+        for m in reversed(masks):  # output side first: edges are listed inputs first
+            for o, i in ([] if m is None else m.nonzero().tolist()):
+                m[o, i] = False
+                m[o, i] = faith(masks) < target  # put it back if the circuit needs it
+    edges = [(e.name, o, i) for e, m in zip(graph.edges, masks) if m is not None for o, i in m.nonzero().tolist()]
+    total = sum(e.linear.weight.numel() for e in graph.edges if e.linear is not None)
+    return Circuit(masks, edges, total, faith(masks), time.perf_counter() - t0, method)
+
+def compact(model: bc.BioMLP, threshold: float = 0.0) -> bc.BioMLP:
+    """A smaller BioMLP computing `model` after `prune(model, threshold)` (up to rounding), without the hidden
+    neurons that read no kept neuron (their constant act(bias) folded into the next bias) or feed none."""
+    if not isinstance(model, bc.BioMLP):
+        raise TypeError(f"compact supports BioMLP (embeddings, folds, grids and rings included), not "
+                        f"{type(model).__name__}")
+    lins = model.linears
+    masks = surviving(network_graph(model), threshold)
+    ws = [lin.weight.detach() * m.to(lin.weight.device) for lin, m in zip(lins, masks)]
+    bs = [torch.zeros_like(lin.weight[:, 0]) if lin.bias is None else lin.bias.detach().clone() for lin in lins]
+    keep = [torch.arange(model.shape[0])]
+    for l in range(1, len(lins)):  # forward: fold the neurons that read no kept neuron into the next bias
+        fed = (ws[l - 1][:, keep[-1]] != 0).any(1)
+        bs[l] += ws[l][:, ~fed] @ model.act(bs[l - 1][~fed])
+        keep.append(fed.nonzero().flatten())
+    keep.append(torch.arange(model.shape[-1]))
+    for l in range(len(lins) - 1, 0, -1):  # backward: drop the neurons that feed no kept neuron
+        keep[l] = keep[l][(ws[l][keep[l + 1]][:, keep[l]] != 0).any(0)]
+    if any(len(k) == 0 for k in keep):
+        raise ValueError(f"a hidden layer has no neuron left at threshold {threshold}: the pruned model is constant")
+    vocab = None if model.embedding is None else model.embedding.shape[0]
+    small = bc.BioMLP([len(k) for k in keep], in_fold=model.in_fold, vocab_size=vocab, fix_inputs=model.fix_inputs,
+                   generator=torch.Generator(), dtype=lins[0].weight.dtype).to(lins[0].weight.device)
+    small.act, small.out_perm = model.act, model.out_perm.clone()  # its own generator: the caller's RNG is untouched
+    if model.embedding is None:
+        small.in_perm = model.in_perm.clone()
+    else:
+        small.embedding = nn.Parameter(model.embedding.detach().clone())
+    with torch.no_grad():
+        for l, (new, old) in enumerate(zip(small.linears, lins)):
+            new.weight.copy_(ws[l][keep[l + 1]][:, keep[l]])
+            new.bias.copy_(bs[l][keep[l + 1]])
+            new.in_coords, new.out_coords = old.in_coords[keep[l]], old.out_coords[keep[l + 1]]
+            new.dist = bc.manhattan(new.out_coords, new.in_coords)
+    return small
+
+# -- Plotting ----------------------------------------------------------------------------------------
+def _draw_connections(add, collection, graph: bc.Graph, masks: list, points: list, max_lw: float, **kw) -> list:
+    """add(collection(...)) per edge: segments between `points` (blue +, red -, alpha and width ~ |w| / max |w|,
+    weakest first so that strong ones are on top; identities grey). Returns, per row, a bool per position:
+    a drawn learned connection ends there (the other neurons are drawn grey)."""
+    for e, m in zip(graph.edges, masks):
+        lin = e.linear
+        w = m.float() if lin is None else lin.weight.detach().cpu().float()
+        o, i = m.nonzero(as_tuple=True)
+        wk = w[o, i]
+        rel = wk.abs() / w.abs().max().clamp_min(1e-30)
+        order = rel.argsort()
+        o, i, wk, rel = o[order], i[order], wk[order], rel[order]
+        rgba = torch.stack([(wk < 0).float(), torch.zeros_like(wk), (wk > 0).float(), rel], 1)
+        if lin is None:
+            rgba, rel = torch.tensor([0.5, 0.5, 0.5, 0.4]).expand(len(wk), 4), 0.25 * rel
+        segs = torch.stack([points[e.src][e.src_cols()][i], points[e.dst][o]], 1)
+        add(collection(segs.numpy(), colors=rgba.numpy(), linewidths=max_lw * rel.numpy(), **kw))
+    return [i | o for i, o in zip(*_ends(graph, masks, skips=False))]
+
+def _check_labels(graph: bc.Graph, **labels):
+    """in_labels and image must hold one entry per caller input, out_labels one per caller output."""
+    for name, v in labels.items():
+        kind = "output" if name == "out_labels" else "input"
+        n = max(int(r.caller.max()) + 1 for r in graph.rows if r.kind == kind)
+        got = v if v is None else torch.as_tensor(v).numel() if name == "image" else len(v)
+        bc._check(got in (None, n), f"the length of {name}", got, f"{n}, one entry per {kind} of the model")
+
+def _neuron_colours(touched: torch.Tensor) -> list:
+    return ["k" if t else "0.8" for t in touched.tolist()]
+
+def _row_points(row: bc.Row, y: int, fold_offset: float) -> torch.Tensor:
+    """(n, 2) drawing positions of a 1D row at height y, fold copies stacked down to fold_offset lower (Fig 5)."""
+    copy = torch.arange(len(row.coords)) // (len(row.coords) // row.fold)
+    return torch.stack([row.coords[:, 0].float(), y - fold_offset * copy.float() / max(row.fold - 1, 1)], 1)
+
+def plot_network(model: nn.Module, ax=None, threshold: float = 0.0, graph: bc.Graph | None = None,
+                 in_labels=None, out_labels=None, max_lw: float = 2.0, fold_offset: float = 0.3,
+                 neuron_size: float = 12.0, masks: list | None = None, in_colors=None,
+                 copy_labels: dict | None = None):
+    """Draw a 1D network as in the paper and return the axes: dots at (coordinate, row), rows bottom to top, a
+    segment per connection with |w| >= threshold * max |w| of its layer (width and alpha ~ |w| / max |w|, blue
+    positive, red negative), untouched neurons light grey. neuron_size: dot area (points^2), smaller on dense
+    rows. in_labels / out_labels / in_colors: per caller input / output, following in_perm / out_perm. masks:
+    per edge an (out, in) bool mask of what to draw (e.g. `Circuit.masks`). copy_labels: {row: a tick per
+    fold copy}."""
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import LineCollection
+
+    graph = network_graph(model, graph)
+    rows = graph.rows
+    _check_labels(graph, in_labels=in_labels, out_labels=out_labels)
+    if any(r.coords.shape[1] != 1 for r in rows):
+        raise ValueError("plot_network draws 1D ('line') networks; use plot_network_3d for 2D ones")
+    if ax is None:
+        ax = plt.subplots(figsize=(6, 1.4 * len(rows)))[1]
+    pts = [_row_points(r, y, fold_offset) for y, r in enumerate(rows)]
+    masks = masks or [None] * len(graph.edges)
+    shown = [s if m is None else s & m.cpu() for s, m in zip(surviving(graph, threshold), masks)]
+    touched = _draw_connections(ax.add_collection, LineCollection, graph, shown, pts, max_lw)
+    # A dot is at most 60% of the gap between neighbours of its row, so that wide rows stay rows of dots.
+    pt_per_x = ax.get_position().width * ax.figure.get_figwidth() * 72 / 1.04  # points per unit of x (xlim)
+    ticks, names = [], []
+    for y, (r, p, t) in enumerate(zip(rows, pts, touched)):
+        copies = (copy_labels or {}).get(r.name)
+        if copies is not None and len(copies) != r.fold:
+            raise ValueError(f"copy_labels[{r.name!r}] names {len(copies)} copies but the row has fold {r.fold}")
+        ticks += [y] if copies is None else p[:: len(p) // r.fold, 1].tolist()
+        names += [r.name] if copies is None else list(copies)
+        colors = _neuron_colours(t)
+        if r.kind == "input" and in_colors is not None:
+            colors = [in_colors[c] for c in r.caller.tolist()]
+        xs = r.coords[:, 0].unique()
+        gap = float((xs[1:] - xs[:-1]).min()) if len(xs) > 1 else 1.0
+        ax.scatter(p[:, 0], p[:, 1], s=min(neuron_size, (0.6 * gap * pt_per_x) ** 2), c=colors, zorder=3)
+        labels = {"input": in_labels, "output": out_labels}.get(r.kind)
+        if labels is None:
+            continue
+        edge = p[:, 1] == (p[:, 1].min() if r.kind == "input" else p[:, 1].max())  # outermost copy only
+        for (x, y), c in zip(p[edge].tolist(), r.caller[edge].tolist()):
+            below = r.kind == "input"
+            ax.text(x, y - 0.1 if below else y + 0.1, str(labels[c]), ha="center",
+                    va="top" if below else "bottom", fontsize=8)
+    ax.set_yticks(ticks, names)
+    ax.set(xticks=[], xlim=(-0.02, 1.02), ylim=(-0.5 - fold_offset * (rows[0].fold > 1), len(rows) - 0.5))
+    ax.spines[["top", "right", "bottom"]].set_visible(False)
+    return ax
+
+def plot_network_3d(model: nn.Module, ax=None, threshold: float = 0.0, graph: bc.Graph | None = None,
+                    image=None, out_labels=None, max_lw: float = 1.0, neuron_size: float = 4.0,
+                    cmap: str = "Greys", zoom: float = 1.1):
+    """Draw a 2D network (MNIST's grids and ring) in 3D, row k on the plane z = k, as `plot_network` does;
+    image: the caller's inputs (e.g. a digit) shown on the input plane; zoom: of the box. Returns the axes."""
+    import matplotlib.pyplot as plt
+    from mpl_toolkits.mplot3d.art3d import Line3DCollection
+
+    graph = network_graph(model, graph)
+    rows = graph.rows
+    _check_labels(graph, image=image, out_labels=out_labels)
+    if ax is None:
+        ax = plt.figure(figsize=(8, 8)).add_subplot(projection="3d")
+    ax.computed_zorder = False  # draw order, not depth: input plane, then connections, then neurons on top
+    pts = []
+    for z, r in enumerate(rows):
+        xy = r.coords.float() if r.coords.shape[1] == 2 else F.pad(r.coords.float(), (0, 1), value=0.5)
+        pts.append(torch.cat([xy, torch.full((len(xy), 1), float(z))], 1))
+    touched = _draw_connections(ax.add_collection3d, Line3DCollection, graph, surviving(graph, threshold), pts,
+                                max_lw, zorder=1)
+    for z, (r, p, t) in enumerate(zip(rows, pts, touched)):
+        if r.kind == "input" and image is not None:
+            vals = torch.as_tensor(image, dtype=torch.float32).flatten()[r.caller]
+            ax.scatter(p[:, 0], p[:, 1], p[:, 2], c=vals.numpy(), cmap=cmap, s=3 * neuron_size, marker="s",
+                       depthshade=False, zorder=0)
+        else:
+            ax.scatter(p[:, 0], p[:, 1], p[:, 2], c=_neuron_colours(t), s=neuron_size, depthshade=False, zorder=2)
+        if r.kind == "output" and out_labels is not None:
+            for (x, y, _), c in zip(p.tolist(), r.caller.tolist()):
+                ax.text(0.5 + 1.25 * (x - 0.5), 0.5 + 1.25 * (y - 0.5), z, str(out_labels[c]), ha="center",
+                        fontsize=8, zorder=3)
+        ax.plot([0, 1, 1, 0, 0], [0, 0, 1, 1, 0], [z] * 5, color="0.85", lw=0.6, zorder=0)  # the plane's edge
+        ax.text(-0.04, 1, z, r.name, ha="right", va="center", fontsize=9, zorder=3)  # left of the front corner
+    # y runs away from the viewer so that pixel row 0 (the top of an image) is at the back: digits read upright
+    ax.set(xlim=(0, 1), ylim=(1, 0), zlim=(0, len(rows) - 1))
+    ax.set_box_aspect(None, zoom=zoom)
+    ax.set_axis_off()
+    return ax
+
+def _new_axes(fig, draw):
+    return fig.add_subplot(projection="3d" if draw is plot_network_3d else None)
+
+def snapshot_recorder(snapshots: list):
+    """A snapshot_fn for `train`: appends (step, copy of the state_dict) to `snapshots`."""
+    def record(step, model):
+        snapshots.append((step, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}))
+    return record
+
+def _snapshot(snap):
+    bc._check(isinstance(snap, (tuple, list)) and len(snap) == 2 and isinstance(snap[1], dict), "a snapshot",
+           type(snap).__name__, "a (step, state_dict) pair, as snapshot_recorder records")
+    return snap
+
+def draw_snapshot(model: nn.Module, snapshot: tuple, ax=None, draw=None, **draw_kw):
+    """Load a recorded (step, state_dict) into `model` (overwriting its weights) and draw it."""
+    step, state = _snapshot(snapshot)
+    model.load_state_dict(state)
+    ax = (draw or plot_network)(model, ax=ax, **draw_kw)
+    ax.set_title(f"step {step}")
+    return ax
+
+def save_gif(model: nn.Module, snapshots: list, path: str = "figures/training.gif", draw=None, fps: int = 4,
+             dpi: int = 80, figsize=(6, 6), **draw_kw) -> str:
+    """Render snapshots into an animated GIF (Pillow), a frame each, drawn by a copy of `model`; returns path."""
+    import copy
+
+    import matplotlib.pyplot as plt
+    from matplotlib.animation import PillowWriter
+
+    bc._check(isinstance(snapshots, (list, tuple)) and len(snapshots) > 0, "snapshots", snapshots if isinstance(
+        snapshots, (list, tuple)) else type(snapshots).__name__, "a non-empty list of snapshot_recorder's snapshots")
+    bc._int("fps", fps), list(map(_snapshot, snapshots))
+    bc._check(str(path).endswith(".gif"), "path", path, "a file name ending in .gif")
+    draw, m = draw or plot_network, copy.deepcopy(model)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig = plt.figure(figsize=figsize)
+    writer = PillowWriter(fps=fps)
+    try:
+        with writer.saving(fig, path, dpi):
+            for snap in snapshots:
+                fig.clf()
+                ax = draw_snapshot(m, snap, _new_axes(fig, draw), draw, **draw_kw)
+                if ax.name != "3d":
+                    fig.tight_layout()  # room for the row names and labels in every frame
+                writer.grab_frame()
+    finally:
+        plt.close(fig)
+    return path
+
+def threshold_view(model: nn.Module, threshold: float, metric_fn=None, ax=None, graph: bc.Graph | None = None,
+                   draw=None, **draw_kw) -> NetworkReport:
+    """Prune at `threshold`, evaluate metric_fn(model), draw, restore; returns the report with its metric."""
+    with prune(model, threshold, graph):
+        report = analyze(model, threshold, graph)
+        report.metric = None if metric_fn is None else bc._float("metric_fn(model)", metric_fn(model))
+        (draw or plot_network)(model, ax=ax, threshold=threshold, graph=graph, **draw_kw)
+    return report
+
+def threshold_explorer(model: nn.Module, metric_fn=None, graph: bc.Graph | None = None, draw=None,
+                       max_threshold: float = 1.0, figsize=(6, 6), **draw_kw):
+    """An ipywidgets slider over the pruning threshold above the pruned network and its report. The picture is
+    a PNG in an Image widget: capturing plots in Output widgets intermittently deadlocks headless nbclient runs."""
+    import html
+
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+
+    bc._check(bc._is_real(max_threshold, 0, 1) and max_threshold > 0, "max_threshold", max_threshold, "a number in (0, 1]")
+    slider = widgets.FloatSlider(value=0.0, min=0.0, max=max_threshold, step=max_threshold / 100,
+                                 description="threshold", continuous_update=False, readout_format=".2f")
+    image, text = widgets.Image(format="png"), widgets.HTML()
+
+    def update(change=None):
+        fig = plt.figure(figsize=figsize)
+        report = threshold_view(model, slider.value, metric_fn, _new_axes(fig, draw), graph, draw, **draw_kw)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=90)
+        plt.close(fig)
+        image.value = buf.getvalue()
+        text.value = f"<pre>{html.escape(str(report))}</pre>"
+
+    slider.observe(update, names="value")
+    update()
+    return widgets.VBox([slider, image, text])
+
+class Claims:
+    """The checked facts of a notebook run: `check` prints 'name: holds' (what nbval compares; the value is
+    only recorded), `note` a measured fact (holds None). With a path, the records and the run's fields are
+    (re)written there as JSON, for the seed sweep (studies/sweep.py)."""
+
+    def __init__(self, path=None, **run):
+        bc._check(path is None or Path(path).parent.is_dir(), "path", path, "None or a file name in an existing folder")
+        self.path, self.run, self.records = path, run, []
+
+    def _add(self, name: str, holds, value) -> None:
+        bc._check(isinstance(name, str) and name, "a claim's name", name, "a non-empty str")
+        self.records.append({**self.run, "claim": name, "holds": holds, "value": value})
+        if self.path:
+            Path(self.path).write_text(json.dumps(self.records, indent=1,
+                                                  default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
+
+    def check(self, name: str, holds, value=None) -> bool:
+        holds = bool(bc._check(isinstance(holds, (bool, np.bool_)) or torch.is_tensor(holds) and holds.numel() == 1
+                            and holds.dtype == torch.bool, f"claim {name!r}: holds", holds,
+                            "a bool (or one-element bool tensor)"))
+        self._add(name, holds, value)
+        print(f"{name}: {holds}")
+        return holds
+
+    def note(self, name: str, value) -> None:
+        self._add(name, None, value)
+        print(f"{name}: {value}")
+
+def figures_dir() -> Path:
+    """figures/ beside bimt_core.py (the repository's), created if needed: where the notebooks save."""
+    path = Path(__file__).resolve().parent / "figures"
+    path.mkdir(exist_ok=True)
+    return path
+
+def claim_rates(notebook: str | None = None, path=None) -> str:
+    """A markdown table of the seed sweep (results/claims_sweep.csv): per claim, whether it holds at the
+    authors' seed and in k of n seeds per procedure. notebook=None: all, with their names."""
+    path = Path(path or Path(__file__).resolve().parent / "results" / "claims_sweep.csv")
+    run = f"run: python studies/sweep.py --notebooks {notebook or '...'}"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no seed sweep results; {run}")
+    with path.open(newline="") as f:  # holds '' is a note: a measured value, no claim
+        rows = [r for r in csv.DictReader(f) if r["holds"] and notebook in (None, r["notebook"])]
+    if not rows:
+        raise ValueError(f"{path}: no claims of notebook {notebook!r}; {run}")
+    procs, table = sorted({r["procedure"] for r in rows}), {}  # (notebook, claim) -> [at authors' seed, {proc: holds}]
+    for r in rows:
+        t = table.setdefault((r["notebook"], r["claim"]), ["-", {p: [] for p in procs}])
+        if r["seed"] != "authors":
+            t[1][r["procedure"]].append(r["holds"] == "True")
+        elif r["procedure"] == "authors":
+            t[0] = "yes" if r["holds"] == "True" else "no"
+    head = ["notebook"] * (notebook is None) + ["claim", "holds at the authors' seed (authors' procedure)"] + [
+        "success rate, %s procedure (k/n)" % ("authors'" if p == "authors" else p) for p in procs]
+    body = [[nb] * (notebook is None) + [claim, at] + [f"{sum(h) / len(h):.0%} ({sum(h)}/{len(h)})" if h else "-"
+                                                      for h in seeds.values()]
+            for (nb, claim), (at, seeds) in table.items()]
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in [head, ["---"] * len(head), *body])

@@ -14,8 +14,10 @@ import hashlib
 import io
 import math
 import numbers
+import warnings
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -24,6 +26,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+__all__ = ["neuron_coords", "manhattan", "BioLinear", "Member", "NeuronLayer", "fold_index", "Edge", "Row", "Graph",
+           "SwappableModel", "BioMLP", "from_sequential", "BioBlock", "BioTransformer", "cost_terms", "sum_terms",
+           "connection_cost", "permute_units", "swap_units", "neuron_scores", "placement_costs", "SWAP_TOL",
+           "relocate", "BIMTConfig", "AUTHORS_PROCEDURE", "History", "penalty", "swap_pass", "train", "accuracy",
+           "MNIST_5K", "MNIST_5K_SHA256", "IDX_NAMES", "read_idx", "load_mnist"]
 
 # -- Input checks: each public function checks its arguments once, at its boundary, with these --------
 def _check(ok, name: str, v, expected: str, exc=ValueError):
@@ -293,11 +301,27 @@ def _activation(name: str):
 
 # -- Models ------------------------------------------------------------------------------------------
 class SwappableModel(nn.Module):
-    """A model BIMT can train, swap, analyse and draw, described twice over the same neurons, on demand:
-    neuron_layers() (what a swap moves) and graph() (what analysis and drawing walk). A subclass with embed(x)
-    (caller inputs -> input-row activations), forward_internal(h, record) (position order in and out; appends
-    every row's activations to record) and an out_perm buffer gets forward() and activations()
-    (tests/test_custom_model.py shows one beside BioMLP and BioTransformer)."""
+    """A model of BioLinears that BIMT can swap, analyse and draw, described twice over the same neurons, built
+    on demand from its current tensors: neuron_layers() -> [NeuronLayer], what a swap moves (input first);
+    graph() -> Graph, the rows of neurons and the BioLinears between them that analysis and drawing walk. For
+    a: n -> h, an activation, b: h -> m, with its own forward, whose hidden units swap:
+
+        def neuron_layers(self):
+            hidden, units = bc.NeuronLayer("hidden", self.a.out_features), bc.fold_index(self.a.out_features, 1)
+            hidden.incoming(self.a, units)  # a writes unit u: its row u (and bias u) moves with it
+            hidden.outgoing(self.b, units)  # b reads it: its column u moves with it
+            return [hidden]
+
+        def graph(self):
+            n, m = self.a.in_features, self.b.out_features
+            return bc.Graph([bc.Row("input", self.a.in_coords, "input", caller=torch.arange(n)),
+                             bc.Row("hidden", self.a.out_coords),
+                             bc.Row("output", self.b.out_coords, "output", caller=torch.arange(m))],
+                            [("a", self.a, 0, 1), ("b", self.b, 1, 2)])
+
+    A subclass with embed(x) (caller inputs -> input-row activations), forward_internal(h, record) (position
+    order in and out; appends every row's activations to record) and an out_perm buffer gets forward() and
+    activations() (tests/test_custom_model.py shows one beside BioMLP and BioTransformer)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # index_select, not [..., perm]: on CPU the backward of advanced indexing is an accumulating
@@ -409,6 +433,44 @@ class BioMLP(SwappableModel):
         rows += [Row(f"hidden{i}", lins[i].in_coords) for i in range(1, n)]
         rows.append(Row("output", lins[-1].out_coords, "output", caller=self.out_perm))
         return Graph(rows, [(f"linears.{i}", lin, i, i + 1) for i, lin in enumerate(lins)])
+
+def _act_name(m: nn.Module) -> str | None:
+    """The BioMLP activation that an activation module computes (None: not one)."""
+    if isinstance(m, nn.GELU):
+        return "gelu" if m.approximate == "none" else "gelu_tanh"
+    return {nn.SiLU: "silu", nn.ReLU: "relu", nn.Tanh: "tanh"}.get(type(m))
+
+def from_sequential(seq: nn.Sequential, geometry: str = "line", out_geometry: str | None = None,
+                    fix_inputs: bool = False) -> BioMLP:
+    """A BioMLP computing what `seq` computes, (B, in) -> (B, out), with its weights (dtype and device kept).
+    seq: nn.Linear layers, one elementwise activation between each two (nn.ReLU, SiLU, GELU or Tanh, the same
+    throughout); nn.Identity and nn.Dropout are left out (the eval-mode function). geometry, out_geometry,
+    fix_inputs: as in BioMLP. Other architectures: BioLinears in a bc.SwappableModel."""
+    how = ("from_sequential converts nn.Linear layers with one elementwise activation (nn.ReLU, SiLU, GELU or Tanh, "
+           "the same throughout) between each two; for convolutions, attention, normalisation or other layers, "
+           "build the model of bc.BioLinear layers and subclass bc.SwappableModel")
+    _check(isinstance(seq, nn.Sequential), "seq", type(seq).__name__, "an nn.Sequential: " + how, TypeError)
+    mods = [(i, m) for i, m in enumerate(seq) if not isinstance(m, (nn.Identity, nn.Dropout))]
+    _check(len(mods) % 2, "seq", seq, "nn.Linear, activation, ..., nn.Linear (odd in length): " + how)
+    lins, acts = mods[::2], [(i, m, _act_name(m)) for i, m in mods[1::2]]
+    for i, m in lins:
+        _check(isinstance(m, nn.Linear), f"seq[{i}]", m, "an nn.Linear: " + how)
+    for i, m, act in acts:
+        _check(act, f"seq[{i}]", m, "an elementwise activation: " + how)
+        _check(act == acts[0][2], f"seq[{i}]", m, f"{acts[0][1]} like seq[{acts[0][0]}] (a BioMLP has one activation)")
+    for (i, a), (j, b) in zip(lins, lins[1:]):
+        _check(b.in_features == a.out_features, f"seq[{j}].in_features", b.in_features,
+               f"seq[{i}].out_features, {a.out_features}")
+    lins = [m for _, m in lins]
+    _check(len({lin.bias is None for lin in lins}) == 1, "seq's Linear layers' biases", [lin.bias is not None
+           for lin in lins], "all present or all absent")
+    w = lins[0].weight  # a throwaway generator: the global RNG is left alone
+    model = BioMLP([w.shape[1]] + [lin.out_features for lin in lins], geometry, out_geometry, fix_inputs=fix_inputs,
+                   activation=acts[0][2] if acts else "silu", bias=lins[0].bias is not None,
+                   generator=torch.Generator(), dtype=w.dtype).to(w.device)
+    for bio, lin in zip(model.linears, lins):
+        bio.load_state_dict(lin.state_dict(), strict=False)  # weight and bias; the coordinates stay
+    return model
 
 class BioBlock(nn.Module):
     """One block on a (B, T, d_model) residual stream: x + attn(ln1(x)), then x + mlp(ln2(x)). q|k|v is one
@@ -611,7 +673,8 @@ def connection_cost(model: nn.Module, weight_factor: float = 1.0, l0: float = 0.
 def _neuron_layers(model: nn.Module) -> list[NeuronLayer]:
     if not callable(getattr(model, "neuron_layers", None)):
         raise TypeError(f"{type(model).__name__} cannot be swapped: it needs a neuron_layers() method listing "
-                        f"its swappable layers (see bc.SwappableModel and BioMLP.neuron_layers)")
+                        f"its swappable layers (see bc.SwappableModel; bc.from_sequential converts an MLP), or "
+                        f"train it with cfg.swap=False (the cost needs only BioLinears)")
     layers = model.neuron_layers()
     return _check(isinstance(layers, list) and all(isinstance(nl, NeuronLayer) for nl in layers),
                   f"{type(model).__name__}.neuron_layers()", layers, "a list of NeuronLayers", TypeError)
@@ -735,18 +798,27 @@ def relocate(model: nn.Module, top_k: int, optimizer: torch.optim.Optimizer | No
 # -- Training ----------------------------------------------------------------------------------------
 @dataclass
 class BIMTConfig:
-    """The knobs of one BIMT run; experiments subclass it. lam_schedule: (fraction, multiplier) pairs, lambda
-    multiplied from step int(fraction * steps) on (cumulatively). bias_penalty_from: fraction of training after
-    which biases pay l0 |b| (None: never). swap_cost: `connection_cost` keywords for the swap pass instead of
-    the training cost's (the paper's 'L1 + swap' trains with weight_factor 0, swaps with 1). batch_size: None
-    is full batch, else drawn with replacement by a generator seeded with seed. threads: torch's threads while
-    `train` runs (one: the overhead of tiny ops dominates; benchmarks/bench_train.py). The authors' procedure
-    (AUTHORS_PROCEDURE) leaves AdamW's moments in place on a swap and relocate_follow='positions'."""
+    """The knobs of one BIMT run (one `train` call); experiments subclass it. A layer spans length 1 (positions
+    in [0, 1]); a connection of weight w and length d costs |w| (A d + l0), and the loss adds lambda times the cost.
+    steps: optimizer steps. lr: learning rate of the default optimizer (AdamW, no weight decay). lam: lambda, loss
+    per unit of cost. lam_schedule: (fraction, multiplier) pairs; lambda is multiplied by each from step
+    int(fraction * steps) on (cumulatively). weight_factor: A, cost per unit |w| and unit length. l0: l0, the cost
+    of every connection per unit |w|, in units of length. agg: 'sum' over all weights, or 'mean' within each tensor
+    (Fig 5-8). bias_penalty_from: fraction of steps after which biases pay l0 |b| (None: never).
+    embedding_penalty: a token embedding E pays l0 |E|. last_layer_l0_only: the last BioLinear pays l0 |w| alone
+    (A = 0 there; MNIST). swap: a swap pass (`relocate`) every swap_every steps. swap_cost: `connection_cost`
+    keywords for the swap pass instead of the training cost's (the paper's 'L1 + swap' trains with A = 0 and
+    swaps with A = 1). top_k: units tried per neuron layer and pass (every unit of a narrower layer). batch_size:
+    rows per step, drawn with replacement by a generator seeded with seed (None: full batch). eval_every: steps
+    between evaluations (history entries). seed: the batches' seed. threads: torch's threads while `train` runs
+    (None: unchanged; one: the overhead of tiny ops dominates, benchmarks/bench_train.py). dtype: the model's and
+    the data's. swap_moves_optimizer_state, relocate_follow: our procedure (True, 'neurons'); the authors'
+    (AUTHORS_PROCEDURE) leaves AdamW's moments in place on a swap and follows 'positions' (see `relocate`)."""
     steps: int = 20000
     lr: float = 2e-3
     lam: float = 1e-3
     lam_schedule: tuple = ((0.25, 10.0), (0.75, 0.1))
-    weight_factor: float = 1.0  # A
+    weight_factor: float = 1.0
     l0: float = 0.1
     agg: str = "sum"
     bias_penalty_from: float | None = 0.75
@@ -756,7 +828,7 @@ class BIMTConfig:
     swap_every: int = 200
     swap_cost: dict | None = None
     top_k: int = 5
-    batch_size: int | None = None  # None: full batch
+    batch_size: int | None = None
     eval_every: int = 200
     seed: int = 0
     threads: int | None = 1
@@ -812,30 +884,82 @@ class BIMTConfig:
 
 AUTHORS_PROCEDURE = dict(swap_moves_optimizer_state=False, relocate_follow="positions")
 
-def _check_data(model: nn.Module, cfg: BIMTConfig, fns: dict, snapshot_every, **data) -> None:
-    """Clear errors for what would fail deep inside torch or train silently; fns: train's functions by name."""
-    _check(isinstance(cfg, BIMTConfig), "cfg", type(cfg).__name__, "a BIMTConfig", TypeError)
-    for name, f in fns.items():
-        _check(callable(f) or f is None and name != "loss_fn", name, f, "a function" + " or None" * (name != "loss_fn"),
-               TypeError)
-    _check(fns["snapshot_fn"] is None or _is_int(snapshot_every), "snapshot_every", snapshot_every,
-           "a positive int when snapshot_fn is given")
-    if cfg.swap:
-        _neuron_layers(model)  # a model that cannot swap fails now, not after swap_every steps
-    params = [p for p in model.parameters() if p.is_floating_point()]
-    if params and params[0].dtype != cfg.torch_dtype:
-        raise ValueError(f"cfg.dtype is {cfg.dtype} but the model's parameters are {params[0].dtype}: build the "
-                         f"model with dtype=cfg.torch_dtype (so its initialisation is drawn in that precision)")
-    for name, pair in data.items():
-        _check(isinstance(pair, (tuple, list)) and len(pair) == 2 and all(map(torch.is_tensor, pair)), name,
-               type(pair).__name__, "an (inputs, targets) pair of tensors")
-        x, y = pair
-        if len(x) != len(y) or len(x) == 0:
-            raise ValueError(f"{name}: {len(x)} inputs and {len(y)} targets; expected the same, non-zero number")
-        for what, t in (("inputs", x), ("targets", y)):
-            if t.is_floating_point() and t.dtype != cfg.torch_dtype:
-                raise ValueError(f"{name} {what} are {t.dtype} but the model trains in {cfg.dtype}; "
-                                 f"convert them with .to({cfg.torch_dtype})")
+class History(dict):
+    """What `train` recorded: a dict of lists whose keys are also attributes (h.step is h["step"]), one entry
+    per evaluation (every cfg.eval_every steps and each call's last step). step: counted on over the train calls
+    on one model; train_loss: the task loss of that step's batch, before its update; test_loss and metric (None
+    without metric_fn): on the test data, after it; cost: the connection cost before lambda; lam: lambda; swaps:
+    the swaps so far (cumulative over calls)."""
+
+    def __init__(self):
+        super().__init__((k, []) for k in ("step", "train_loss", "test_loss", "metric", "cost", "lam", "swaps"))
+
+    def __getattr__(self, key: str) -> list:
+        if key not in self:
+            raise AttributeError(f"a History has no field {key!r}; its fields are {list(self)}")
+        return self[key]
+
+def _cfg_step(cfg, step) -> None:
+    _check(isinstance(cfg, BIMTConfig), "cfg", type(cfg).__name__, "a BIMTConfig", TypeError), _int("step", step, 0)
+
+def penalty(model: nn.Module, cfg: BIMTConfig, step: int, terms: list | None = None) -> torch.Tensor:
+    """What BIMT adds to the task loss at `step` of cfg's schedule: cfg.lam_at(step) times `connection_cost` with
+    cfg.cost_kwargs(step); a scalar tensor, exactly 0 (no gradient) where lambda is 0. terms: `cost_terms` of the
+    step's phase, to reuse (`train` builds them once per phase; a swap leaves them valid)."""
+    _cfg_step(cfg, step)
+    if (lam := cfg.lam_at(step)) == 0:  # it adds nothing to the loss or its gradients: the cost is skipped
+        return _linears(model)[0].weight.new_zeros(())
+    return lam * sum_terms(terms or cost_terms(model, **cfg.cost_kwargs(step)))
+
+def swap_pass(model: nn.Module, cfg: BIMTConfig, optimizer: torch.optim.Optimizer | None, step: int) -> int:
+    """The swap pass `train` makes after the update of `step`: `relocate` with cfg's top_k, relocate_follow and
+    swap cost where cfg.swap and step + 1 is a multiple of cfg.swap_every, else none. The optimizer's
+    per-parameter state moves with the units if cfg.swap_moves_optimizer_state. Returns the number of swaps."""
+    _cfg_step(cfg, step)
+    if not cfg.swap or (step + 1) % cfg.swap_every:
+        return 0
+    return relocate(model, cfg.top_k, optimizer if cfg.swap_moves_optimizer_state else None, cfg.relocate_follow,
+                    **cfg.swap_cost_kwargs(step))
+
+def _finite(name: str, t: torch.Tensor) -> None:
+    if t.is_floating_point() and not (ok := torch.isfinite(t)).all():
+        i = tuple((~ok).nonzero()[0].tolist())
+        raise ValueError(f"{name} hold {t[i].item()} at index {i} (the first of {int((~ok).sum())}); BIMT needs "
+                         f"finite data: drop or impute those entries")
+
+def _is_pair(data) -> bool:
+    return isinstance(data, (tuple, list)) and len(data) == 2 and all(map(torch.is_tensor, data))
+
+def _pair(name: str, pair, cfg: BIMTConfig, device=None) -> tuple:
+    """An (inputs, targets) pair of tensors, checked (as many of each, > 0; floats in cfg.dtype), on device."""
+    _check(_is_pair(pair), name, type(pair).__name__,
+           "an (inputs, targets) pair of tensors, or an iterable of such batches (a DataLoader)")
+    if len(pair[0]) != len(pair[1]) or len(pair[0]) == 0:
+        raise ValueError(f"{name}: {len(pair[0])} inputs and {len(pair[1])} targets; expected the same number, > 0")
+    for what, t in zip(("inputs", "targets"), pair):
+        if t.is_floating_point() and t.dtype != cfg.torch_dtype:
+            raise ValueError(f"{name} {what} are {t.dtype} but the model trains in {cfg.dtype}; "
+                             f"convert them with .to({cfg.torch_dtype})")
+    return pair[0].to(device), pair[1].to(device)
+
+def _data(name: str, data, cfg: BIMTConfig, device, concat: bool = False) -> tuple | None:
+    """(inputs, targets), checked and on device, of a pair of tensors or, with concat, of the batches of an
+    iterable (None without concat)."""
+    if not _is_pair(data) and not torch.is_tensor(data) and hasattr(data, "__iter__"):
+        if not concat:
+            return None
+        data = [torch.cat(t) for t in zip(*(_pair(f"{name}'s batch", b, cfg) for b in data))] or data
+    x, y = _pair(name, data, cfg, device)
+    _finite(f"{name} inputs", x), _finite(f"{name} targets", y)
+    return x, y
+
+def _cycle(batches):
+    """The batches of an iterable, pass after pass, until a pass yields none (a spent iterator)."""
+    n = 1
+    while n:
+        n = 0
+        for n, batch in enumerate(batches, 1):
+            yield batch
 
 def _batch(x: torch.Tensor, y: torch.Tensor, idx, step: int) -> tuple:
     """x[idx], y[idx], or a clear error for indices that do not pick a batch of rows."""
@@ -848,56 +972,116 @@ def _batch(x: torch.Tensor, y: torch.Tensor, idx, step: int) -> tuple:
                          f"[0, {len(x)})")
     return xb, yb
 
-def train(model: nn.Module, cfg: BIMTConfig, train_data: tuple, test_data: tuple, loss_fn,
-          metric_fn=None, snapshot_fn=None, snapshot_every: int | None = None, progress: bool = True,
-          sampler=None) -> dict:
-    """Train on loss_fn(model(x), y) + lambda * connection_cost, swapping every cfg.swap_every steps.
-    train_data, test_data: (inputs, targets). metric_fn(outputs, targets) -> float and the test loss every
-    cfg.eval_every steps and at the last; snapshot_fn(step, model) likewise every snapshot_every steps.
-    sampler(step) -> batch indices. Returns the history as lists: step, train_loss, test_loss, metric, cost,
-    lam, swaps."""
+def _loss_probe(loss_fn, out: torch.Tensor, y: torch.Tensor, name: str) -> torch.Tensor:
+    """loss_fn(out, y) the first time: targets that would broadcast, or a failure, told with what a loss expects."""
+    got = f"outputs {out.dtype} {tuple(out.shape)} and {name} targets {y.dtype} {tuple(y.shape)}" + (
+        "" if y.is_floating_point() else f" in [{y.min()}, {y.max()}]")
+    expect = (f"Expected: a regression loss (F.mse_loss) takes float targets shaped like the outputs; a classification "
+              f"loss (F.cross_entropy) int64 labels in [0, {out.shape[-1]}) of shape {tuple(out.shape[:-1])}")
+    if y.is_floating_point() and out.shape != y.shape and all(a == b or 1 in (a, b) for a, b in zip(
+            out.shape[::-1], y.shape[::-1])):
+        raise ValueError(f"{got} would broadcast into a wrong loss. {expect}")
+    if (loss_fn is F.cross_entropy or isinstance(loss_fn, nn.CrossEntropyLoss)) and y.is_floating_point() and (
+            y.dim() > 1 and not ((y >= 0).all() and torch.allclose(y.sum(1), y.new_ones(())))):
+        raise ValueError(f"cross-entropy reads float targets as class probabilities (>= 0, summing to 1 over dim 1), "
+                         f"which these are not: {got}. {expect}")
+    try:
+        loss = loss_fn(out, y)
+    except Exception as e:
+        raise ValueError(f"loss_fn failed on {got} ({type(e).__name__}: {e}). {expect}") from e
+    if not (torch.is_tensor(loss) and loss.dim() == 0 and (loss.requires_grad or not torch.is_grad_enabled())):
+        raise ValueError(f"loss_fn must return a scalar tensor with gradients (e.g. F.mse_loss(out, y)), got {loss!r}")
+    return loss
+
+def _boundary(model: nn.Module, cfg: BIMTConfig, fns: dict, snapshot_every, train_data, test_data) -> tuple:
+    """Train's checks before the first step: clear errors for what would fail deep inside torch or train wrongly,
+    warnings for swap settings that do nothing. Returns the device and the train (None: batches) and test tensors."""
+    _check(isinstance(cfg, BIMTConfig), "cfg", type(cfg).__name__, "a BIMTConfig", TypeError)
+    for name, f in fns.items():
+        _check(callable(f) or f is None and name != "loss_fn", name, f, "a function" + " or None" * (name != "loss_fn"),
+               TypeError)
+    _check(not isinstance(fns["loss_fn"], type), "loss_fn", fns["loss_fn"], "a function or a loss module instance, "
+           "e.g. F.mse_loss or nn.MSELoss() (called with outputs and targets), not the class", TypeError)
+    _check(fns["snapshot_fn"] is None or _is_int(snapshot_every), "snapshot_every", snapshot_every,
+           "a positive int when snapshot_fn is given")
+    weight = _linears(model)[0].weight
+    if weight.dtype != cfg.torch_dtype:
+        raise ValueError(f"cfg.dtype is {cfg.dtype} but the model's parameters are {weight.dtype}: build the "
+                         f"model with dtype=cfg.torch_dtype (so its initialisation is drawn in that precision)")
+    widths = [nl.n_units for nl in _neuron_layers(model) if not nl.fixed] if cfg.swap else []  # fails now, or never
+    tensors, (x_te, y_te) = _data("train_data", train_data, cfg, weight.device), _data(
+        "test_data", test_data, cfg, weight.device, concat=True)
+    _check(tensors is not None or fns["sampler"] is None and cfg.batch_size is None, "sampler and cfg.batch_size",
+           (fns["sampler"], cfg.batch_size), "None when train_data yields its own batches")
+    with torch.no_grad():
+        _loss_probe(fns["loss_fn"], model(x_te), y_te, "test_data")
+    if cfg.swap and (cfg.swap_every > cfg.steps or cfg.top_k == 0):
+        warnings.warn("no swap will happen: " + ("top_k=0 tries no unit" if cfg.top_k == 0 else f"swap_every="
+                      f"{cfg.swap_every} > steps={cfg.steps}") + " (swap=False says so)", stacklevel=3)
+    elif widths and cfg.top_k > max(widths):
+        warnings.warn(f"top_k={cfg.top_k} exceeds every swappable layer's width (at most {max(widths)} units): "
+                      f"each swap pass tries every unit, as top_k={max(widths)} would", stacklevel=3)
+    return weight.device, tensors, x_te, y_te
+
+def train(model: nn.Module, cfg: BIMTConfig, train_data, test_data, loss_fn, metric_fn=None, snapshot_fn=None,
+          snapshot_every: int | None = None, progress: bool = True, sampler=None, optimizer=None,
+          scheduler=None) -> History:
+    """Train on loss_fn(model(x), y) + `penalty`, with a `swap_pass` after each update, on the model's device
+    (the data moved there). train_data: an (inputs, targets) pair of tensors (full batch, cfg.batch_size rows
+    per step, or the rows sampler(step) returns), or any iterable of (inputs, targets) batches, e.g. a
+    DataLoader, cycled; test_data: a pair or an iterable of batches (concatenated once). optimizer(params) ->
+    torch.optim.Optimizer (default AdamW, lr cfg.lr, no weight decay); scheduler(optimizer) -> LRScheduler,
+    stepped after every update. metric_fn(outputs, targets) -> float and the test loss every cfg.eval_every steps
+    and at the last; snapshot_fn(step, model) every snapshot_every steps and at the last. Before the first step
+    the data (finite, shapes, dtypes) and loss_fn are checked; a loss that turns non-finite stops the run.
+    Calling train again on the model continues: cfg.steps more steps (cfg's schedule from its start, a new
+    optimizer unless the factory returns the old one, batches and steps counted on) appended to the `History`
+    it returns, model.bimt_history (del it to count from 0)."""
     from tqdm.auto import tqdm
 
-    _check_data(model, cfg, dict(loss_fn=loss_fn, metric_fn=metric_fn, snapshot_fn=snapshot_fn, sampler=sampler),
-                snapshot_every, train_data=train_data, test_data=test_data)
-    (x_tr, y_tr), (x_te, y_te) = train_data, test_data
-    if sampler is None and cfg.batch_size is not None:
-        gen = torch.Generator().manual_seed(cfg.seed)
-        sampler = lambda step: torch.randint(len(x_tr), (cfg.batch_size,), generator=gen)  # noqa: E731
-    # foreach: the same arithmetic as PyTorch's default single-tensor AdamW on CPU (bit for bit), in fewer ops
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0, foreach=True)
-    swap_opt = opt if cfg.swap_moves_optimizer_state else None
-    hist = {k: [] for k in ("step", "train_loss", "test_loss", "metric", "cost", "lam", "swaps")}
-    swaps, phases = 0, set(cfg.phase_starts())
-    threads = torch.get_num_threads()
+    device, tensors, x_te, y_te = _boundary(model, cfg, dict(
+        loss_fn=loss_fn, metric_fn=metric_fn, snapshot_fn=snapshot_fn, sampler=sampler, optimizer=optimizer,
+        scheduler=scheduler), snapshot_every, train_data, test_data)
+    hist = model.__dict__.setdefault("bimt_history", History())
+    start, swaps = (hist.step[-1] + 1, hist.swaps[-1]) if hist.step else (0, 0)
+    batches = _cycle(train_data) if tensors is None else None
+    if tensors is not None and sampler is None and cfg.batch_size is not None:  # a continuation draws anew
+        gen = torch.Generator().manual_seed(hash((cfg.seed, start)) % 2 ** 63 if start else cfg.seed)
+        sampler = lambda step: torch.randint(len(tensors[0]), (cfg.batch_size,), generator=gen)  # noqa: E731
+    opt = (optimizer or partial(torch.optim.AdamW, lr=cfg.lr, weight_decay=0.0, foreach=True))(model.parameters())
+    _check(isinstance(opt, torch.optim.Optimizer), "optimizer(params)", opt, "a torch.optim.Optimizer", TypeError)
+    sched, threads, phases = scheduler and scheduler(opt), torch.get_num_threads(), set(cfg.phase_starts())
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     try:
         bar = tqdm(range(cfg.steps), disable=not progress, mininterval=0.5)
-        for step in bar:
-            if step in phases:  # lambda and the cost's terms change only here
-                lam, terms = cfg.lam_at(step), cost_terms(model, **cfg.cost_kwargs(step))
-            xb, yb = (x_tr, y_tr) if sampler is None else _batch(x_tr, y_tr, sampler(step), step)
-            task = loss_fn(model(xb), yb)
-            if not (torch.is_tensor(task) and task.dim() == 0 and task.requires_grad):
-                raise ValueError(f"loss_fn must return a scalar tensor with gradients (e.g. F.mse_loss(out, y)), "
-                                 f"got {task!r}")
-            last = step == cfg.steps - 1
-            evaluate = step % cfg.eval_every == 0 or last
-            # at lambda 0 the cost adds exactly zero to the loss and its gradients, so it is only computed for the
-            # history, without gradients: the same trajectory bit for bit, in less time
-            with torch.set_grad_enabled(lam != 0):
-                cost = sum_terms(terms) if lam or evaluate else None
-            loss = task + lam * cost if lam else task
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at step {step} (lambda={lam:g}, task loss "
-                                         f"{task.item():.4g}, cost {sum_terms(terms).item():.4g}); try a lower lr or "
-                                         f"lambda")
+        for s in bar:  # s: the step of cfg's schedule; step: counted on over calls
+            step, last = start + s, s == cfg.steps - 1
+            if s in phases:  # lambda and the cost's terms change only here
+                terms = cost_terms(model, **cfg.cost_kwargs(s))
+            if tensors is None:
+                _check((b := next(batches, None)) is not None, f"train_data's batch for step {step}", b,
+                       "a batch: a spent iterator has no second pass (pass a DataLoader or a list)")
+                xb, yb = _pair(f"train_data's batch for step {step}", b, cfg, device)
+            else:
+                xb, yb = tensors if sampler is None else _batch(*tensors, sampler(step), step)
+            out = model(xb)
+            task = _loss_probe(loss_fn, out, yb, "train_data") if s == 0 else loss_fn(out, yb)
+            loss = task + (pen := penalty(model, cfg, s, terms))
+            if not torch.isfinite(loss):  # the data of a batch are checked here, the weights blamed only then
+                _finite(f"train_data inputs of step {step}", xb), _finite(f"train_data targets of step {step}", yb)
+                raise FloatingPointError(f"the loss became {loss.item()} at step {step} (lambda {cfg.lam_at(s):g}): "
+                                         f"task loss {task.item():.4g}, penalty {pen.item():.4g}. The weights "
+                                         f"diverged: try a lower lr (cfg.lr={cfg.lr:g}) or lambda")
+            if evaluate := s % cfg.eval_every == 0 or last:
+                with torch.no_grad():
+                    cost = sum_terms(terms).item()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            if cfg.swap and (step + 1) % cfg.swap_every == 0:
-                swaps += relocate(model, cfg.top_k, swap_opt, cfg.relocate_follow, **cfg.swap_cost_kwargs(step))
+            if sched is not None:
+                sched.step()
+            swaps += swap_pass(model, cfg, opt, s)
             if snapshot_fn is not None and (step % snapshot_every == 0 or last):
                 snapshot_fn(step, model)
             if evaluate:
@@ -905,10 +1089,10 @@ def train(model: nn.Module, cfg: BIMTConfig, train_data: tuple, test_data: tuple
                     out = model(x_te)
                     metric = None if metric_fn is None else _float("metric_fn's result", metric_fn(out, y_te))
                     for k, v in dict(step=step, train_loss=task.item(), test_loss=loss_fn(out, y_te).item(),
-                                     metric=metric, cost=cost.item(), lam=lam, swaps=swaps).items():
+                                     metric=metric, cost=cost, lam=cfg.lam_at(s), swaps=swaps).items():
                         hist[k].append(v)
-                bar.set_postfix(train=f"{hist['train_loss'][-1]:.2e}", test=f"{hist['test_loss'][-1]:.2e}",
-                                cost=f"{hist['cost'][-1]:.3g}", refresh=False)
+                bar.set_postfix(train=f"{hist.train_loss[-1]:.2e}", test=f"{hist.test_loss[-1]:.2e}",
+                                cost=f"{cost:.3g}", refresh=False)
     finally:
         torch.set_num_threads(threads)
     return hist

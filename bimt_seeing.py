@@ -24,6 +24,12 @@ import torch.nn.functional as F
 
 import bimt_core as bc
 
+__all__ = ["network_graph", "surviving", "active_neurons", "Module", "find_modules", "reach_matrices", "NetworkReport",
+           "analyze", "embedding_modules", "Pruned", "prune", "restore", "intervene", "edge_attribution",
+           "circuit_faithfulness", "Circuit", "discover_circuit", "compact", "plot_network", "plot_network_3d",
+           "snapshot_recorder", "draw_snapshot", "save_gif", "threshold_view", "threshold_explorer", "Claims",
+           "figures_dir", "claim_rates"]
+
 # -- Analysis ----------------------------------------------------------------------------------------
 def network_graph(model: nn.Module, graph: bc.Graph | None = None) -> bc.Graph:
     """graph if given, else model.graph(), with a clear error for a model that does not describe itself."""
@@ -362,7 +368,9 @@ def discover_circuit(model: nn.Module, x: torch.Tensor, metric, target: float = 
                      graph: bc.Graph | None = None) -> Circuit:
     """A small circuit with `circuit_faithfulness` >= target (else all candidates). 'eap': the fewest top
     connections by `edge_attribution`; 'acdc': from the output side, drop each connection whose removal keeps
-    the target. candidates: per edge (out, in) bool masks of what may be kept (default: non-zero weights)."""
+    the target. candidates: per edge (out, in) bool masks of what may be kept (default: non-zero weights).
+    metric(output) -> scalar tensor, in either direction (a loss or a log-probability alike): faithfulness is the
+    share of the metric's change from the empty to the full circuit that the circuit keeps."""
     if method not in ("eap", "acdc"):
         raise ValueError(f"unknown method {method!r}; expected 'eap' or 'acdc'")
     bc._check(0 < target <= 1, "target faithfulness", target, "in (0, 1]")

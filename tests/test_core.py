@@ -438,11 +438,12 @@ def test_train_calls_snapshots_and_records_metric():
     assert seen == [0, 10, 20, 29]
 
 
-def test_nan_loss_raises_with_step_and_lambda():
+def test_a_diverging_run_stops_with_step_lambda_and_both_loss_terms():
+    # lr 1e30: the first update makes every weight about 1e30, so the outputs overflow at step 1
     x, y = tiny_task()
-    y[5, 0] = float("nan")
-    cfg = bc.BIMTConfig(steps=10, lam=0.02, lam_schedule=())
-    with pytest.raises(FloatingPointError, match=r"at step 0 \(lambda=0.02"):
+    cfg = bc.BIMTConfig(steps=10, lr=1e30, lam=0.02, lam_schedule=(), swap=False)
+    with pytest.raises(FloatingPointError, match=r"loss became nan at step 1 \(lambda 0.02\): task loss nan, "
+                                                 r"penalty \d.*e\+\d+\. The weights diverged: try a lower lr"):
         bc.train(make("line"), cfg, (x, y), (x, y), F.mse_loss, progress=False)
 
 

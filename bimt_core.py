@@ -4,21 +4,16 @@ Brain-Inspired Modular Training for Mechanistic Interpretability", arXiv:2305.08
 Every neuron has a position in space. The loss pays for each connection in proportion to its length
 (`connection_cost`), and every few hundred steps neurons of a layer exchange places when that lowers the
 cost (`relocate`); a swap permutes weights, never the function the network computes. Top to bottom:
-input checks -> geometry -> layers -> models -> cost -> swapping -> training -> data. Reading a trained
-network (analysis, circuits, plotting, claims) lives in bimt_seeing, which imports this module.
+input checks -> geometry -> layers -> models -> cost -> swapping -> training; MNIST comes from bimt_data.
+Reading a trained network (analysis, circuits, plotting, claims) lives in bimt_seeing, which imports this module.
 """
 from __future__ import annotations
 
-import gzip
-import hashlib
-import io
 import math
 import numbers
 import warnings
-import zlib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -27,11 +22,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bimt_data import IDX_NAMES, MNIST_5K, MNIST_5K_SHA256, load_mnist, read_idx  # noqa: F401 (bc.load_mnist)
+from bimt_data import _batches, _finite, _loss_probe, _tensors
+
 __all__ = ["neuron_coords", "manhattan", "BioLinear", "Member", "NeuronLayer", "fold_index", "Edge", "Row", "Graph",
            "SwappableModel", "BioMLP", "from_sequential", "BioBlock", "BioTransformer", "cost_terms", "sum_terms",
-           "connection_cost", "permute_units", "swap_units", "neuron_scores", "placement_costs", "SWAP_TOL",
-           "relocate", "BIMTConfig", "AUTHORS_PROCEDURE", "History", "penalty", "swap_pass", "train", "accuracy",
-           "MNIST_5K", "MNIST_5K_SHA256", "IDX_NAMES", "read_idx", "load_mnist"]
+           "connection_cost", "permute_units", "swap_units", "neuron_scores", "placement_costs", "SWAP_TOL", "relocate",
+           "BIMTConfig", "AUTHORS_PROCEDURE", "History", "penalty", "swap_pass", "train", "accuracy", "MNIST_5K",
+           "MNIST_5K_SHA256", "IDX_NAMES", "read_idx", "load_mnist"]  # the last five from bimt_data
 
 # -- Input checks: each public function checks its arguments once, at its boundary, with these --------
 def _check(ok, name: str, v, expected: str, exc=ValueError):
@@ -301,10 +299,9 @@ def _activation(name: str):
 
 # -- Models ------------------------------------------------------------------------------------------
 class SwappableModel(nn.Module):
-    """A model of BioLinears that BIMT can swap, analyse and draw, described twice over the same neurons, built
-    on demand from its current tensors: neuron_layers() -> [NeuronLayer], what a swap moves (input first);
-    graph() -> Graph, the rows of neurons and the BioLinears between them that analysis and drawing walk. For
-    a: n -> h, an activation, b: h -> m, with its own forward, whose hidden units swap:
+    """A model of BioLinears that BIMT can swap, analyse and draw, described twice, on demand, over the same neurons:
+    neuron_layers() -> [NeuronLayer], what a swap moves (input first); graph() -> Graph, the rows of neurons and
+    the BioLinears between them that analysis and drawing walk. For a: n -> h, an activation, b: h -> m:
 
         def neuron_layers(self):
             hidden, units = bc.NeuronLayer("hidden", self.a.out_features), bc.fold_index(self.a.out_features, 1)
@@ -313,10 +310,9 @@ class SwappableModel(nn.Module):
             return [hidden]
 
         def graph(self):
-            n, m = self.a.in_features, self.b.out_features
-            return bc.Graph([bc.Row("input", self.a.in_coords, "input", caller=torch.arange(n)),
+            return bc.Graph([bc.Row("input", self.a.in_coords, "input", caller=torch.arange(self.a.in_features)),
                              bc.Row("hidden", self.a.out_coords),
-                             bc.Row("output", self.b.out_coords, "output", caller=torch.arange(m))],
+                             bc.Row("output", self.b.out_coords, "output", caller=torch.arange(self.b.out_features))],
                             [("a", self.a, 0, 1), ("b", self.b, 1, 2)])
 
     A subclass with embed(x) (caller inputs -> input-row activations), forward_internal(h, record) (position
@@ -406,8 +402,7 @@ class BioMLP(SwappableModel):
         """The swappable layers, input first, referencing the current tensors."""
         n, layers = len(self.linears), []
         for i, width in enumerate(self.shape):
-            fold = self.in_fold if i == 0 else 1
-            idx = fold_index(width, fold)
+            idx = fold_index(width, fold := self.in_fold if i == 0 else 1)
             layer = NeuronLayer("input" if i == 0 else "output" if i == n else f"hidden{i}", width // fold,
                                 fixed=i == 0 and self.fix_inputs)
             if i > 0:
@@ -442,10 +437,9 @@ def _act_name(m: nn.Module) -> str | None:
 
 def from_sequential(seq: nn.Sequential, geometry: str = "line", out_geometry: str | None = None,
                     fix_inputs: bool = False) -> BioMLP:
-    """A BioMLP computing what `seq` computes, (B, in) -> (B, out), with its weights (dtype and device kept).
-    seq: nn.Linear layers, one elementwise activation between each two (nn.ReLU, SiLU, GELU or Tanh, the same
-    throughout); nn.Identity and nn.Dropout are left out (the eval-mode function). geometry, out_geometry,
-    fix_inputs: as in BioMLP. Other architectures: BioLinears in a bc.SwappableModel."""
+    """A BioMLP computing what `seq` computes, (B, in) -> (B, out), its weights copied (dtype, device kept): seq is
+    nn.Linear layers with one elementwise activation between each two (nn.ReLU, SiLU, GELU or Tanh, the same
+    throughout); nn.Identity and nn.Dropout are left out (the eval-mode function). geometry etc.: as in BioMLP."""
     how = ("from_sequential converts nn.Linear layers with one elementwise activation (nn.ReLU, SiLU, GELU or Tanh, "
            "the same throughout) between each two; for convolutions, attention, normalisation or other layers, "
            "build the model of bc.BioLinear layers and subclass bc.SwappableModel")
@@ -567,16 +561,12 @@ class BioTransformer(SwappableModel):
         res, ri = NeuronLayer("residual", d), fold_index(d, 1)
         res.incoming(self.embed_in, ri)
         for blk in self.blocks:  # writers of the stream move their rows, readers their columns
-            res.incoming(blk.attn_out, ri)
-            res.incoming(blk.mlp_out, ri)
-            res.outgoing(blk.qkv, ri)
-            res.outgoing(blk.mlp_in, ri)
+            res.incoming(blk.attn_out, ri), res.incoming(blk.mlp_out, ri)
+            res.outgoing(blk.qkv, ri), res.outgoing(blk.mlp_in, ri)
         res.outgoing(self.unembed, ri)
         for ln in [self.ln_f] + [ln for blk in self.blocks for ln in (blk.ln1, blk.ln2)]:
-            if isinstance(ln, nn.LayerNorm):
-                for attr in ("weight", "bias"):
-                    if getattr(ln, attr) is not None:
-                        res.add(ln, attr, 0, ri)
+            for attr in [a for a in ("weight", "bias") if getattr(ln, a, None) is not None]:  # nn.Identity: none
+                res.add(ln, attr, 0, ri)
         layers = [inp, res]
         rows = torch.arange(3 * d).view(3, nh, dh)  # q|k|v row of (copy, head, channel)
         cols = torch.arange(d).view(nh, dh)         # attention-output column of (head, channel)
@@ -666,8 +656,7 @@ def connection_cost(model: nn.Module, weight_factor: float = 1.0, l0: float = 0.
     """Scalar tensor: agg_ij |W_ij| (A d_ij + l0) over every BioLinear, + agg |b| l0 with bias_penalty, + agg |E|
     l0 with embedding_penalty. agg 'sum', or 'mean' within each tensor (Fig 5-8). last_layer_l0_only: the last
     BioLinear pays l0 |w| only (MNIST)."""
-    return sum_terms(cost_terms(model, weight_factor, l0, agg, bias_penalty, embedding_penalty,
-                                last_layer_l0_only))
+    return sum_terms(cost_terms(model, weight_factor, l0, agg, bias_penalty, embedding_penalty, last_layer_l0_only))
 
 # -- Swapping ----------------------------------------------------------------------------------------
 def _neuron_layers(model: nn.Module) -> list[NeuronLayer]:
@@ -688,10 +677,9 @@ def _get_layer(model: nn.Module, layer) -> NeuronLayer:
         return layer
     layers = _neuron_layers(model)
     if isinstance(layer, str):
-        for nl in layers:
-            if nl.name == layer:
-                return nl
-        raise ValueError(f"no neuron layer named {layer!r}; layers are {[nl.name for nl in layers]}")
+        if layer not in (names := [nl.name for nl in layers]):
+            raise ValueError(f"no neuron layer named {layer!r}; layers are {names}")
+        return layers[names.index(layer)]
     return layers[_check(_is_int(layer, -len(layers), len(layers)), "layer", layer,
                          f"a name or an index in [0, {len(layers)})")]
 
@@ -731,8 +719,7 @@ def neuron_scores(nl: NeuronLayer) -> torch.Tensor:
     for m in nl.members:
         if m.role is None:
             continue
-        w = getattr(m.module, m.attr).detach().abs().double()
-        per_pos = w.sum(dim=1 - m.dim)  # (size along dim,)
+        per_pos = getattr(m.module, m.attr).detach().abs().double().sum(dim=1 - m.dim)  # (size along dim,)
         score += per_pos[m.index].sum(0).cpu()
     return score
 
@@ -747,9 +734,8 @@ def placement_costs(nl: NeuronLayer, coefs: dict) -> torch.Tensor:
         sides[m.role].add(m.module)
         w = m.module.weight.detach().abs().double()
         coef, scale = coefs[m.module.weight]
-        coef = coef.double()
         # G[r, s] = cost of the connections of the unit's row (incoming) / column (outgoing) r at position s
-        G = w @ coef.T if m.role == "incoming" else w.T @ coef
+        G = w @ coef.double().T if m.role == "incoming" else w.T @ coef.double()
         P += scale * G[m.index[:, :, None], m.index[:, None, :]].sum(0).cpu()
     if sides["incoming"] & sides["outgoing"]:
         raise NotImplementedError(f"layer {nl.name!r} has a BioLinear on both sides; its swap cost is not separable")
@@ -766,8 +752,7 @@ def relocate(model: nn.Module, top_k: int, optimizer: torch.optim.Optimizer | No
     when ranked (the authors' code). optimizer: its state moves with the units (see `permute_units`)."""
     _int("top_k (units tried per layer)", top_k, 0), _choice("follow", follow, ("neurons", "positions"))
     optimizer, layers, terms = _optimizer(optimizer), _neuron_layers(model), cost_terms(model, **cost_kwargs)
-    with torch.no_grad():
-        total = float(sum_terms(terms))
+    total = sum_terms(terms).item()
     if not math.isfinite(total):
         raise FloatingPointError(f"the connection cost is {total}: a weight is not finite, so no swap can be judged")
     coefs = {t: (coef, factor) for t, coef, factor in terms if coef is not None}
@@ -798,22 +783,20 @@ def relocate(model: nn.Module, top_k: int, optimizer: torch.optim.Optimizer | No
 # -- Training ----------------------------------------------------------------------------------------
 @dataclass
 class BIMTConfig:
-    """The knobs of one BIMT run (one `train` call); experiments subclass it. A layer spans length 1 (positions
-    in [0, 1]); a connection of weight w and length d costs |w| (A d + l0), and the loss adds lambda times the cost.
-    steps: optimizer steps. lr: learning rate of the default optimizer (AdamW, no weight decay). lam: lambda, loss
-    per unit of cost. lam_schedule: (fraction, multiplier) pairs; lambda is multiplied by each from step
-    int(fraction * steps) on (cumulatively). weight_factor: A, cost per unit |w| and unit length. l0: l0, the cost
-    of every connection per unit |w|, in units of length. agg: 'sum' over all weights, or 'mean' within each tensor
-    (Fig 5-8). bias_penalty_from: fraction of steps after which biases pay l0 |b| (None: never).
-    embedding_penalty: a token embedding E pays l0 |E|. last_layer_l0_only: the last BioLinear pays l0 |w| alone
-    (A = 0 there; MNIST). swap: a swap pass (`relocate`) every swap_every steps. swap_cost: `connection_cost`
-    keywords for the swap pass instead of the training cost's (the paper's 'L1 + swap' trains with A = 0 and
-    swaps with A = 1). top_k: units tried per neuron layer and pass (every unit of a narrower layer). batch_size:
-    rows per step, drawn with replacement by a generator seeded with seed (None: full batch). eval_every: steps
-    between evaluations (history entries). seed: the batches' seed. threads: torch's threads while `train` runs
-    (None: unchanged; one: the overhead of tiny ops dominates, benchmarks/bench_train.py). dtype: the model's and
-    the data's. swap_moves_optimizer_state, relocate_follow: our procedure (True, 'neurons'); the authors'
-    (AUTHORS_PROCEDURE) leaves AdamW's moments in place on a swap and follows 'positions' (see `relocate`)."""
+    """The knobs of one BIMT run (one `train` call); experiments subclass it. A layer spans length 1 (positions in
+    [0, 1]); a connection of weight w and length d costs |w| (A d + l0); the loss adds lambda times the cost.
+    steps: optimizer steps. lr: the default optimizer's learning rate (AdamW, no weight decay). lam: lambda, loss
+    per unit of cost. lam_schedule: (fraction, multiplier) pairs, lambda multiplied by each from step
+    int(fraction * steps) on. weight_factor: A, cost per unit |w| and length. l0: l0, every connection's cost per
+    unit |w|, in units of length. agg: 'sum' over all weights, or 'mean' within each tensor (Fig 5-8).
+    bias_penalty_from: fraction of steps after which biases pay l0 |b| (None: never). embedding_penalty: a token
+    embedding E pays l0 |E|. last_layer_l0_only: the last BioLinear pays l0 |w| alone (A = 0 there; MNIST). swap:
+    a swap pass (`relocate`) every swap_every steps, of top_k units per neuron layer (all of a narrower one), on
+    the training cost or swap_cost (`connection_cost` keywords; the paper's 'L1 + swap' trains with A = 0, swaps
+    with A = 1). batch_size: rows per step, drawn with replacement from seed (None: full batch). eval_every: steps
+    between evaluations. threads: torch's while `train` runs (None: as they are; one: tiny ops' overhead dominates,
+    benchmarks/bench_train.py). dtype: the model's and the data's. swap_moves_optimizer_state, relocate_follow:
+    ours (True, 'neurons'), or the authors' (AUTHORS_PROCEDURE): AdamW's moments stay on a swap, 'positions'."""
     steps: int = 20000
     lr: float = 2e-3
     lam: float = 1e-3
@@ -885,11 +868,10 @@ class BIMTConfig:
 AUTHORS_PROCEDURE = dict(swap_moves_optimizer_state=False, relocate_follow="positions")
 
 class History(dict):
-    """What `train` recorded: a dict of lists whose keys are also attributes (h.step is h["step"]), one entry
-    per evaluation (every cfg.eval_every steps and each call's last step). step: counted on over the train calls
-    on one model; train_loss: the task loss of that step's batch, before its update; test_loss and metric (None
-    without metric_fn): on the test data, after it; cost: the connection cost before lambda; lam: lambda; swaps:
-    the swaps so far (cumulative over calls)."""
+    """What `train` recorded: a dict of lists, keys also attributes (h.step is h["step"]), one entry per evaluation
+    (every cfg.eval_every steps, and each call's last). step: counted on over train calls on one model; train_loss:
+    the task loss of that step's batch, before its update; test_loss, metric (None without metric_fn): on the test
+    data, after it; cost: connection cost, before lambda; lam: lambda; swaps: all so far (cumulative over calls)."""
 
     def __init__(self):
         super().__init__((k, []) for k in ("step", "train_loss", "test_loss", "metric", "cost", "lam", "swaps"))
@@ -908,7 +890,7 @@ def penalty(model: nn.Module, cfg: BIMTConfig, step: int, terms: list | None = N
     step's phase, to reuse (`train` builds them once per phase; a swap leaves them valid)."""
     _cfg_step(cfg, step)
     if (lam := cfg.lam_at(step)) == 0:  # it adds nothing to the loss or its gradients: the cost is skipped
-        return _linears(model)[0].weight.new_zeros(())
+        return (terms[0][0] if terms else _linears(model)[0].weight).new_zeros(())
     return lam * sum_terms(terms or cost_terms(model, **cfg.cost_kwargs(step)))
 
 def swap_pass(model: nn.Module, cfg: BIMTConfig, optimizer: torch.optim.Optimizer | None, step: int) -> int:
@@ -921,81 +903,10 @@ def swap_pass(model: nn.Module, cfg: BIMTConfig, optimizer: torch.optim.Optimize
     return relocate(model, cfg.top_k, optimizer if cfg.swap_moves_optimizer_state else None, cfg.relocate_follow,
                     **cfg.swap_cost_kwargs(step))
 
-def _finite(name: str, t: torch.Tensor) -> None:
-    if t.is_floating_point() and not (ok := torch.isfinite(t)).all():
-        i = tuple((~ok).nonzero()[0].tolist())
-        raise ValueError(f"{name} hold {t[i].item()} at index {i} (the first of {int((~ok).sum())}); BIMT needs "
-                         f"finite data: drop or impute those entries")
-
-def _is_pair(data) -> bool:
-    return isinstance(data, (tuple, list)) and len(data) == 2 and all(map(torch.is_tensor, data))
-
-def _pair(name: str, pair, cfg: BIMTConfig, device=None) -> tuple:
-    """An (inputs, targets) pair of tensors, checked (as many of each, > 0; floats in cfg.dtype), on device."""
-    _check(_is_pair(pair), name, type(pair).__name__,
-           "an (inputs, targets) pair of tensors, or an iterable of such batches (a DataLoader)")
-    if len(pair[0]) != len(pair[1]) or len(pair[0]) == 0:
-        raise ValueError(f"{name}: {len(pair[0])} inputs and {len(pair[1])} targets; expected the same number, > 0")
-    for what, t in zip(("inputs", "targets"), pair):
-        if t.is_floating_point() and t.dtype != cfg.torch_dtype:
-            raise ValueError(f"{name} {what} are {t.dtype} but the model trains in {cfg.dtype}; "
-                             f"convert them with .to({cfg.torch_dtype})")
-    return pair[0].to(device), pair[1].to(device)
-
-def _data(name: str, data, cfg: BIMTConfig, device, concat: bool = False) -> tuple | None:
-    """(inputs, targets), checked and on device, of a pair of tensors or, with concat, of the batches of an
-    iterable (None without concat)."""
-    if not _is_pair(data) and not torch.is_tensor(data) and hasattr(data, "__iter__"):
-        if not concat:
-            return None
-        data = [torch.cat(t) for t in zip(*(_pair(f"{name}'s batch", b, cfg) for b in data))] or data
-    x, y = _pair(name, data, cfg, device)
-    _finite(f"{name} inputs", x), _finite(f"{name} targets", y)
-    return x, y
-
-def _cycle(batches):
-    """The batches of an iterable, pass after pass, until a pass yields none (a spent iterator)."""
-    n = 1
-    while n:
-        n = 0
-        for n, batch in enumerate(batches, 1):
-            yield batch
-
-def _batch(x: torch.Tensor, y: torch.Tensor, idx, step: int) -> tuple:
-    """x[idx], y[idx], or a clear error for indices that do not pick a batch of rows."""
-    try:
-        xb, yb = x[idx], y[idx]
-    except (IndexError, TypeError, RuntimeError):
-        xb = None
-    if xb is None or xb.dim() != x.dim() or len(xb) == 0:
-        raise ValueError(f"sampler({step}) returned {idx!r}; expected a non-empty 1-D tensor of row indices in "
-                         f"[0, {len(x)})")
-    return xb, yb
-
-def _loss_probe(loss_fn, out: torch.Tensor, y: torch.Tensor, name: str) -> torch.Tensor:
-    """loss_fn(out, y) the first time: targets that would broadcast, or a failure, told with what a loss expects."""
-    got = f"outputs {out.dtype} {tuple(out.shape)} and {name} targets {y.dtype} {tuple(y.shape)}" + (
-        "" if y.is_floating_point() else f" in [{y.min()}, {y.max()}]")
-    expect = (f"Expected: a regression loss (F.mse_loss) takes float targets shaped like the outputs; a classification "
-              f"loss (F.cross_entropy) int64 labels in [0, {out.shape[-1]}) of shape {tuple(out.shape[:-1])}")
-    if y.is_floating_point() and out.shape != y.shape and all(a == b or 1 in (a, b) for a, b in zip(
-            out.shape[::-1], y.shape[::-1])):
-        raise ValueError(f"{got} would broadcast into a wrong loss. {expect}")
-    if (loss_fn is F.cross_entropy or isinstance(loss_fn, nn.CrossEntropyLoss)) and y.is_floating_point() and (
-            y.dim() > 1 and not ((y >= 0).all() and torch.allclose(y.sum(1), y.new_ones(())))):
-        raise ValueError(f"cross-entropy reads float targets as class probabilities (>= 0, summing to 1 over dim 1), "
-                         f"which these are not: {got}. {expect}")
-    try:
-        loss = loss_fn(out, y)
-    except Exception as e:
-        raise ValueError(f"loss_fn failed on {got} ({type(e).__name__}: {e}). {expect}") from e
-    if not (torch.is_tensor(loss) and loss.dim() == 0 and (loss.requires_grad or not torch.is_grad_enabled())):
-        raise ValueError(f"loss_fn must return a scalar tensor with gradients (e.g. F.mse_loss(out, y)), got {loss!r}")
-    return loss
-
-def _boundary(model: nn.Module, cfg: BIMTConfig, fns: dict, snapshot_every, train_data, test_data) -> tuple:
+def _boundary(model: nn.Module, cfg: BIMTConfig, fns: dict, snapshot_every, train_data, test_data, start) -> tuple:
     """Train's checks before the first step: clear errors for what would fail deep inside torch or train wrongly,
-    warnings for swap settings that do nothing. Returns the device and the train (None: batches) and test tensors."""
+    warnings for swap settings that do nothing. Returns the model's device, the batches of steps start, start +
+    1, ... (`_batches`) and the test data on the device."""
     _check(isinstance(cfg, BIMTConfig), "cfg", type(cfg).__name__, "a BIMTConfig", TypeError)
     for name, f in fns.items():
         _check(callable(f) or f is None and name != "loss_fn", name, f, "a function" + " or None" * (name != "loss_fn"),
@@ -1009,10 +920,8 @@ def _boundary(model: nn.Module, cfg: BIMTConfig, fns: dict, snapshot_every, trai
         raise ValueError(f"cfg.dtype is {cfg.dtype} but the model's parameters are {weight.dtype}: build the "
                          f"model with dtype=cfg.torch_dtype (so its initialisation is drawn in that precision)")
     widths = [nl.n_units for nl in _neuron_layers(model) if not nl.fixed] if cfg.swap else []  # fails now, or never
-    tensors, (x_te, y_te) = _data("train_data", train_data, cfg, weight.device), _data(
-        "test_data", test_data, cfg, weight.device, concat=True)
-    _check(tensors is not None or fns["sampler"] is None and cfg.batch_size is None, "sampler and cfg.batch_size",
-           (fns["sampler"], cfg.batch_size), "None when train_data yields its own batches")
+    batches = _batches(train_data, cfg.torch_dtype, weight.device, fns["sampler"], cfg.batch_size, cfg.seed, start)
+    x_te, y_te = _tensors("test_data", test_data, cfg.torch_dtype, weight.device, concat=True)
     with torch.no_grad():
         _loss_probe(fns["loss_fn"], model(x_te), y_te, "test_data")
     if cfg.swap and (cfg.swap_every > cfg.steps or cfg.top_k == 0):
@@ -1021,7 +930,7 @@ def _boundary(model: nn.Module, cfg: BIMTConfig, fns: dict, snapshot_every, trai
     elif widths and cfg.top_k > max(widths):
         warnings.warn(f"top_k={cfg.top_k} exceeds every swappable layer's width (at most {max(widths)} units): "
                       f"each swap pass tries every unit, as top_k={max(widths)} would", stacklevel=3)
-    return weight.device, tensors, x_te, y_te
+    return weight.device, batches, x_te, y_te
 
 def train(model: nn.Module, cfg: BIMTConfig, train_data, test_data, loss_fn, metric_fn=None, snapshot_fn=None,
           snapshot_every: int | None = None, progress: bool = True, sampler=None, optimizer=None,
@@ -1039,32 +948,21 @@ def train(model: nn.Module, cfg: BIMTConfig, train_data, test_data, loss_fn, met
     it returns, model.bimt_history (del it to count from 0)."""
     from tqdm.auto import tqdm
 
-    device, tensors, x_te, y_te = _boundary(model, cfg, dict(
-        loss_fn=loss_fn, metric_fn=metric_fn, snapshot_fn=snapshot_fn, sampler=sampler, optimizer=optimizer,
-        scheduler=scheduler), snapshot_every, train_data, test_data)
-    hist = model.__dict__.setdefault("bimt_history", History())
+    hist = model.__dict__.setdefault("bimt_history", History())  # a plain attribute of the module
     start, swaps = (hist.step[-1] + 1, hist.swaps[-1]) if hist.step else (0, 0)
-    batches = _cycle(train_data) if tensors is None else None
-    if tensors is not None and sampler is None and cfg.batch_size is not None:  # a continuation draws anew
-        gen = torch.Generator().manual_seed(hash((cfg.seed, start)) % 2 ** 63 if start else cfg.seed)
-        sampler = lambda step: torch.randint(len(tensors[0]), (cfg.batch_size,), generator=gen)  # noqa: E731
+    device, batches, x_te, y_te = _boundary(model, cfg, dict(
+        loss_fn=loss_fn, metric_fn=metric_fn, snapshot_fn=snapshot_fn, sampler=sampler, optimizer=optimizer,
+        scheduler=scheduler), snapshot_every, train_data, test_data, start)
     opt = (optimizer or partial(torch.optim.AdamW, lr=cfg.lr, weight_decay=0.0, foreach=True))(model.parameters())
     _check(isinstance(opt, torch.optim.Optimizer), "optimizer(params)", opt, "a torch.optim.Optimizer", TypeError)
     sched, threads, phases = scheduler and scheduler(opt), torch.get_num_threads(), set(cfg.phase_starts())
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     try:
-        bar = tqdm(range(cfg.steps), disable=not progress, mininterval=0.5)
-        for s in bar:  # s: the step of cfg's schedule; step: counted on over calls
-            step, last = start + s, s == cfg.steps - 1
+        for s, (xb, yb) in zip(bar := tqdm(range(cfg.steps), disable=not progress, mininterval=0.5), batches):
+            step, last = start + s, s == cfg.steps - 1  # s: in cfg's schedule; step: counted on over calls
             if s in phases:  # lambda and the cost's terms change only here
                 terms = cost_terms(model, **cfg.cost_kwargs(s))
-            if tensors is None:
-                _check((b := next(batches, None)) is not None, f"train_data's batch for step {step}", b,
-                       "a batch: a spent iterator has no second pass (pass a DataLoader or a list)")
-                xb, yb = _pair(f"train_data's batch for step {step}", b, cfg, device)
-            else:
-                xb, yb = tensors if sampler is None else _batch(*tensors, sampler(step), step)
             out = model(xb)
             task = _loss_probe(loss_fn, out, yb, "train_data") if s == 0 else loss_fn(out, yb)
             loss = task + (pen := penalty(model, cfg, s, terms))
@@ -1073,9 +971,7 @@ def train(model: nn.Module, cfg: BIMTConfig, train_data, test_data, loss_fn, met
                 raise FloatingPointError(f"the loss became {loss.item()} at step {step} (lambda {cfg.lam_at(s):g}): "
                                          f"task loss {task.item():.4g}, penalty {pen.item():.4g}. The weights "
                                          f"diverged: try a lower lr (cfg.lr={cfg.lr:g}) or lambda")
-            if evaluate := s % cfg.eval_every == 0 or last:
-                with torch.no_grad():
-                    cost = sum_terms(terms).item()
+            cost = sum_terms(terms).item() if (evaluate := s % cfg.eval_every == 0 or last) else None
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -1102,76 +998,3 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     _check(torch.is_tensor(labels) and labels.shape == logits.shape[:-1], "labels' shape", tuple(labels.shape),
            f"the logits' shape without the class dim, {tuple(logits.shape[:-1])}")
     return (logits.argmax(-1) == labels).float().mean().item()
-
-# -- Data --------------------------------------------------------------------------------------------
-
-MNIST_5K = Path(__file__).resolve().parent / "data" / "mnist_5k.npz"  # provenance: data/README.md
-MNIST_5K_SHA256 = "246e0c30eeea57c8d0037d3f38c8e00651ec204cc61b8022563e9aeeb9d756f4"
-IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-
-def read_idx(path) -> np.ndarray:
-    """One IDX file, raw or gzipped -> uint8 array (big-endian magic 0x801 / 0x803, then int32 dims)."""
-    path = Path(path)
-    buf = path.read_bytes()
-    if buf[:2] == b"\x1f\x8b":  # gzip magic; an IDX file starts with two zero bytes
-        try:
-            buf = gzip.decompress(buf)
-        except (OSError, EOFError, zlib.error) as e:
-            raise ValueError(f"{path}: corrupt or truncated gzip data ({e})") from None
-    magic = int.from_bytes(buf[:4], "big") if len(buf) >= 4 else None
-    if magic not in (0x801, 0x803):
-        raise ValueError(f"{path}: bad magic number {magic if magic is None else hex(magic)}; expected 0x801 "
-                         f"(labels) or 0x803 (images) - not an unsigned-byte IDX file")
-    ndim = magic & 0xFF
-    if len(buf) < 4 + 4 * ndim:
-        raise ValueError(f"{path}: truncated header ({len(buf)} bytes)")
-    dims = [int.from_bytes(buf[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    need = 4 + 4 * ndim + math.prod(dims)
-    if len(buf) != need:
-        raise ValueError(f"{path}: {'truncated' if len(buf) < need else 'trailing bytes'}: header says {dims} "
-                         f"({need} bytes) but the file has {len(buf)} bytes")
-    return np.frombuffer(buf, np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-def _find_idx(folder: Path, name: str) -> Path:
-    for cand in (name, name + ".gz", name.replace("-idx", ".idx"), name.replace("-idx", ".idx") + ".gz"):
-        if (folder / cand).is_file():
-            return folder / cand
-    raise FileNotFoundError(f"{folder}: no {name}[.gz]; an MNIST folder must hold {', '.join(IDX_NAMES)} "
-                            f"(each raw or .gz)")
-
-def _to_tensors(images: np.ndarray, labels: np.ndarray, source) -> tuple[torch.Tensor, torch.Tensor]:
-    if images.ndim != 3 or images.shape[1:] != (28, 28) or images.dtype != np.uint8:
-        raise ValueError(f"{source}: images must be uint8 of shape (N, 28, 28), got {images.dtype} {images.shape}")
-    if labels.shape != (len(images),) or labels.dtype != np.uint8 or (labels.size and labels.max() > 9):
-        raise ValueError(f"{source}: expected {len(images)} uint8 labels in 0..9 (one per image), got "
-                         f"{labels.dtype} {labels.shape}" + (f" with max {labels.max()}" if labels.size else ""))
-    x = torch.from_numpy(images.reshape(len(images), 784).astype(np.float32) / 255.0)
-    return x, torch.from_numpy(labels.astype(np.int64))
-
-def load_mnist(path=None, n_test: int = 1000, seed: int = 0):
-    """MNIST -> x_train, y_train, x_test, y_test: float32 pixels in [0, 1], (N, 784) row-major, int64 labels
-    (N,). path None: the shipped 5,000-digit subset (checksum verified) or an .npz with uint8 'images' (N, 28,
-    28) and 'labels', split at random by seed; a folder: the IDX files (IDX_NAMES), the official split."""
-    path = MNIST_5K if path is None else Path(path).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file or folder; expected an .npz of MNIST digits or a folder "
-                                f"holding {', '.join(IDX_NAMES)} (each raw or .gz)")
-    if path.is_dir():
-        tr = [read_idx(_find_idx(path, n)) for n in IDX_NAMES[:2]]
-        te = [read_idx(_find_idx(path, n)) for n in IDX_NAMES[2:]]
-        return (*_to_tensors(*tr, f"{path} (train)"), *_to_tensors(*te, f"{path} (t10k)"))
-    raw = path.read_bytes()
-    if path.resolve() == MNIST_5K and hashlib.sha256(raw).hexdigest() != MNIST_5K_SHA256:
-        raise ValueError(f"{path}: SHA-256 does not match the shipped subset (corrupt or truncated?); "
-                         f"rebuild it as data/README.md describes")
-    try:
-        with np.load(io.BytesIO(raw)) as f:
-            images, labels = f["images"], f["labels"]
-    except Exception as e:
-        raise ValueError(f"{path}: not an .npz holding 'images' and 'labels' ({type(e).__name__}: {e})") from None
-    x, y = _to_tensors(images, labels, path)
-    _check(_is_int(n_test, 1, len(x)), "n_test", n_test, f"an int in (0, {len(x)})"), _int("seed", seed, 0)
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    te, tr = perm[:n_test], perm[n_test:]
-    return x[tr], y[tr], x[te], y[te]

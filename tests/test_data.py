@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import bimt_core as bc
+import bimt_data
 
 
 def test_subset_shapes_dtypes_and_split():
@@ -24,7 +25,7 @@ def test_subset_shapes_dtypes_and_split():
 def test_subset_checksum_guards_against_corruption(tmp_path, monkeypatch):
     bad = tmp_path / "mnist_5k.npz"
     bad.write_bytes(bc.MNIST_5K.read_bytes()[:-100])  # truncated copy
-    monkeypatch.setattr(bc, "MNIST_5K", bad)
+    monkeypatch.setattr(bimt_data, "MNIST_5K", bad)  # where load_mnist reads it
     with pytest.raises(ValueError, match="mnist_5k.npz.*SHA-256"):
         bc.load_mnist()
 

@@ -82,7 +82,7 @@ def spent_iterator():
     (lambda: train(loss=nn.CrossEntropyLoss()), ValueError, "cross-entropy reads float targets as class probabilities"),
     # iterables of batches
     (lambda: train(spent_iterator(), test=(inputs(), targets())), ValueError,
-     r"train_data's batch for step 1 must be a batch: a spent iterator has no second pass"),
+     r"train_data yielded no batch for step 1: a spent iterator has no second pass \(pass a DataLoader"),
     (lambda: train([inputs(), inputs(), targets()], test=(inputs(), targets())), ValueError,
      r"train_data's batch for step 0 must be an \(inputs, targets\) pair of tensors, or an iterable of such batches "
      r"\(a DataLoader\), got 'Tensor'"),

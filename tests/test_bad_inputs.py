@@ -216,6 +216,10 @@ def lin(i):
     (lambda: bc.Graph(rows(), [("e", nn.Linear(4, 6), 0, 1)]), TypeError, r"edge 0 \('e'\): linear must be a BioLinear"),
     (lambda: bc.Graph(rows(), [("e", lin(0), 0, 1, torch.tensor([0, 1, 2, 9]))]), ValueError,
      r"edge 0 \('e'\): cols must be None or a tensor of positions in \[0, 4\)"),
+    (lambda: bc.Graph([*rows()[:2], bc.Row("hidden1", torch.rand(6, 1)), rows()[2]],
+                      [("e", lin(0), 0, 1), ("s", None, 1, 2), ("f", lin(1), 2, 3)]), ValueError,
+     r"a graph's row names must be unique \(rows are looked up by name\); \['hidden1'\] repeat, got \['input', "
+     r"'hidden1', 'hidden1', 'output'\]"),
     (lambda: bc.Row("input", torch.rand(4, 1), "input"), ValueError,
      r"row 'input': caller must be the caller's index at each of its 4 positions \(input and output rows\), got None"),
 ])

@@ -314,8 +314,8 @@ def test_transformer_graph_is_drawn_by_sublayer():
     per_block = 8 * 24 + 8 * 8 + 8 + 8 * 16 + 16 * 8 + 8  # qkv, attn_out (reads v), skip, mlp, skip
     assert n_segments(ax) == 2 * 8 + 2 * per_block + 8 * 2
     assert [tick.get_text() for tick in ax.get_yticklabels()] == [
-        "input", "embed", "attention0", "residual", "mlp0", "residual",
-        "attention1", "residual", "mlp1", "residual", "output"]
+        "input", "embed", "attention0", "residual0.attn", "mlp0", "residual0.mlp",
+        "attention1", "residual1.attn", "mlp1", "residual1.mlp", "output"]
     r = bs.analyze(t)
     assert r.total_connections == sum(lin.weight.numel() for lin in bc._linears(t))
     assert r.total_neurons == 2 + 8 + 2 * (8 + 8 + 16 + 8) + 2  # q|k|v of a channel is one unit
@@ -340,3 +340,34 @@ def test_transformer_modules_through_skips_and_knockouts():
         knocked = t(x)
     with bs.intervene(t, weights={5: torch.ones(8, 16, dtype=torch.bool)}):  # edge 5: blocks.0.mlp_out
         assert torch.allclose(knocked, t(x))
+
+
+def test_a_neuron_of_the_last_residual_row_is_knocked_out_by_name():
+    # Every row of a transformer's graph has its own name, so that a name reaches the row it names, not the
+    # first of several. Oracle: the forward pass written out, with neuron j zeroed where the unembedding reads it.
+    t, j = small_transformer(), 5
+    t.swap("residual", 0, j)  # positions, not the initial order, are what a knock-out names
+    x = torch.randn(3, 4, 2, generator=torch.Generator().manual_seed(2))
+    names = [r.name for r in t.graph().rows]
+    assert [n for n in names if n.startswith("residual")] == [
+        "residual0.attn", "residual0.mlp", "residual1.attn", "residual1.mlp"]
+    with torch.no_grad():
+        h = t.embed_in(t.embed(x))
+        for blk in t.blocks:
+            h = h + blk.attention(blk.ln1(h))
+            h = h + blk.mlp(blk.ln2(h))
+        zeroed = t.ln_f(h).index_fill(-1, torch.tensor([j]), 0.0)
+        oracle = t.unembed(zeroed).index_select(-1, torch.argsort(t.out_perm))
+        clean, clean_rows = t(x), t.activations(x)
+        with bs.intervene(t, neurons={"residual1.mlp": [j]}):
+            knocked, rows = t(x), t.activations(x)
+    assert torch.allclose(knocked, oracle, atol=1e-6)
+    assert not torch.allclose(knocked, clean, atol=1e-3)
+    # only the output changes: the first residual row and everything it feeds compute as before
+    assert all(torch.equal(a, b) for a, b in zip(rows[:-1], clean_rows[:-1]))
+    with torch.no_grad(), bs.intervene(t, neurons={"residual0.attn": [j]}):  # the first row: its readers change
+        first = t.activations(x)
+    assert not torch.allclose(first[names.index("mlp0")], clean_rows[names.index("mlp0")])
+    with pytest.raises(ValueError, match=r"row must be a name among \['input', 'embed', 'attention0', 'residual0"):
+        with bs.intervene(t, neurons={"residual": [j]}):
+            pytest.fail("an ambiguous row name was accepted")

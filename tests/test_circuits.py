@@ -193,6 +193,8 @@ def test_plot_draws_only_the_circuit():
     (dict(metric=lambda out: out.sum() * 0), "full and the empty circuit"),
     (dict(baseline=torch.zeros(3, 4)), "shape of x"),
     (dict(x=torch.zeros(8, 3)), r"shape \(batch, 4\)"),
+    (dict(candidates=[None]), r"candidates must be None or one \(out, in\) bool mask per graph edge \(2\), "
+                              r"got '1 masks'"),
 ])
 def test_clear_errors(bad, match):
     m, x, metric = two_paths_task()

@@ -1,28 +1,18 @@
 """Seeing the modules: metrics on hand-built graphs, pruning, interventions, plots, GIFs, widgets."""
 
+import html
+
 import matplotlib
+import matplotlib.pyplot as plt
+import pytest
+import torch
+import torch.nn as nn
+from matplotlib.collections import LineCollection
+from PIL import Image
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-from matplotlib.collections import LineCollection  # noqa: E402
-from PIL import Image  # noqa: E402
-
-import bimt_core as bc  # noqa: E402
+import bimt_core as bc
 import bimt_seeing as bs
-
-
-def set_weights(model, entries):
-    """Zero every weight and bias, then set {(linear, out, in): value}."""
-    with torch.no_grad():
-        for lin in model.linears:
-            lin.weight.zero_()
-            lin.bias.zero_()
-        for (li, o, i), v in entries.items():
-            model.linears[li].weight[o, i] = v
-    return model
+from helpers import n_segments, set_weights, small_transformer
 
 
 def two_paths():
@@ -30,17 +20,6 @@ def two_paths():
     m = bc.BioMLP([4, 4, 2], generator=torch.Generator().manual_seed(0))
     return set_weights(m, {(0, 0, 0): 1.0, (0, 0, 2): -0.5, (1, 0, 0): 2.0,
                            (0, 3, 1): 1.0, (0, 3, 3): 0.3, (1, 1, 3): -1.0})
-
-
-def n_segments(ax):
-    ax.figure.canvas.draw()  # a Line3DCollection projects its segments at draw time
-    return sum(len(c.get_segments()) for c in ax.collections if isinstance(c, LineCollection))
-
-
-@pytest.fixture(autouse=True)
-def close_figures():
-    yield
-    plt.close("all")
 
 
 def test_two_disjoint_paths_are_two_modules():
@@ -299,13 +278,10 @@ def test_threshold_view_and_widgets_build():
     first = image.value
     assert first[:4] == b"\x89PNG" and "threshold 0:" in text.value
     slider.value = 0.5
-    assert image.value != first and "threshold 0.5:" in text.value
-    assert slider.description == "threshold"
-
-
-def small_transformer():
-    return bc.BioTransformer(2, 2, d_model=8, n_blocks=2, n_heads=2, d_mlp=16,
-                             generator=torch.Generator().manual_seed(0))
+    expected = bs.analyze(m, 0.5)  # oracle: the report of the network at the slider's threshold
+    expected.metric = 1.0
+    assert image.value != first and text.value == f"<pre>{html.escape(str(expected))}</pre>"
+    assert torch.equal(m.linears[0].weight, before)  # the explorer prunes for the picture only
 
 
 def test_transformer_graph_is_drawn_by_sublayer():

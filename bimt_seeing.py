@@ -40,8 +40,8 @@ def surviving(graph: bc.Graph, threshold: float = 0.0) -> list[torch.Tensor]:
     """Per edge, the (out, in) bool mask of w != 0 with |w| >= threshold * max |w| of its layer (threshold: [0, 1])."""
     bc._number("threshold", threshold, 0, 1)
     masks = []
-    for _, lin, _, d, _ in graph.edges:
-        w = torch.eye(len(graph.rows[d].unit)) if lin is None else lin.weight.detach().abs().cpu()
+    for e in graph.edges:
+        w = torch.eye(len(graph.rows[e.dst].unit)) if e.linear is None else e.linear.weight.detach().abs().cpu()
         masks.append((w > 0) & (w >= threshold * w.max()))
     return masks
 
@@ -100,13 +100,14 @@ def find_modules(graph: bc.Graph, masks: list, active: list | None = None) -> li
     comps = {}
     for ri, (r, act) in enumerate(zip(graph.rows, active or active_neurons(graph, masks))):
         for u in act.nonzero().flatten().tolist():
-            c = comps.setdefault(root(offset[ri] + u), Module([], [], {}))
+            c = comps.setdefault(root(offset[ri] + u), Module(inputs=[], outputs=[], hidden={}))
             if r.kind == "hidden":
                 c.hidden.setdefault(r.name, []).append(u)
             else:
                 callers = r.caller[r.unit == u].tolist()
                 (c.inputs if r.kind == "input" else c.outputs).extend(callers[:1])
-    mods = [Module(sorted(m.inputs), sorted(m.outputs), m.hidden) for m in comps.values() if m.inputs and m.outputs]
+    mods = [Module(inputs=sorted(m.inputs), outputs=sorted(m.outputs), hidden=m.hidden)
+            for m in comps.values() if m.inputs and m.outputs]
     return sorted(mods, key=lambda m: (m.inputs, m.outputs))
 
 def reach_matrices(graph: bc.Graph, masks: list) -> list:
@@ -164,11 +165,13 @@ def analyze(model: nn.Module, threshold: float = 0.0, graph: bc.Graph | None = N
                      {u: rr[p].any(0).nonzero().flatten().tolist() for u, p in pos.items()})
         if r.kind == "output" and rr is not None:
             outputs.update({c: rr[p].nonzero().flatten().tolist() for p, c in enumerate(r.caller.tolist())})
-    return NetworkReport(threshold, sum(int(m.sum()) for m in learned), sum(m.numel() for m in learned),
-                         sum(int(a.sum()) for a in active), sum(len(a) for a in active),
-                         sum(int(a.sum()) for r, a in zip(graph.rows, active) if r.kind == "hidden"), wiring,
-                         dict(sorted(outputs.items())), find_modules(graph, masks, active),
-                         [r.name for r in graph.rows], [a.nonzero().flatten().tolist() for a in active], reads)
+    return NetworkReport(
+        threshold=threshold, connections=sum(int(m.sum()) for m in learned),
+        total_connections=sum(m.numel() for m in learned), neurons=sum(int(a.sum()) for a in active),
+        total_neurons=sum(len(a) for a in active),
+        hidden_neurons=sum(int(a.sum()) for r, a in zip(graph.rows, active) if r.kind == "hidden"), wiring=wiring,
+        reach=dict(sorted(outputs.items())), modules=find_modules(graph, masks, active),
+        rows=[r.name for r in graph.rows], active=[a.nonzero().flatten().tolist() for a in active], reads=reads)
 
 def embedding_modules(model: nn.Module, threshold: float) -> list[list[int]]:
     """The embedding dims of each module of the network below the output row (every output reads them all)."""
@@ -200,11 +203,12 @@ def prune(model: nn.Module, threshold: float, graph: bc.Graph | None = None) -> 
     names, saved = _param_names(model), {}
     masks = surviving(graph, threshold)
     with torch.no_grad():
-        for (_, lin, _, _, _), m in filter(lambda em: em[0].linear is not None, zip(graph.edges, masks)):
-            saved[names[id(lin.weight)]] = lin.weight.detach().clone()
-            lin.weight.mul_(m.to(lin.weight.device))
+        for e, m in zip(graph.edges, masks):
+            if e.linear is not None:
+                saved[names[id(e.linear.weight)]] = e.linear.weight.detach().clone()
+                e.linear.weight.mul_(m.to(e.linear.weight.device))
     report = analyze(model, 0.0, graph)
-    return Pruned(saved, report.connections, report.neurons, model)
+    return Pruned(saved=saved, connections=report.connections, neurons=report.neurons, model=model)
 
 def restore(model: nn.Module, record) -> None:
     """Put back the tensors saved in a `Pruned` record (or a {parameter name: tensor} dict)."""
@@ -357,6 +361,55 @@ class Circuit:
         return (f"{self.method} circuit: {len(self.edges)}/{self.total} connections, faithfulness "
                 f"{self.faithfulness:.3f}, found in {self.seconds:.3g} s: {_short(self.edges, 6)}")
 
+def _candidates(graph: bc.Graph, candidates: list | None) -> list:
+    """Per edge the (out, in) bool mask of the connections a circuit may keep: `candidates`, else the non-zero
+    weights; None for an identity edge (a skip is never a candidate, whatever mask is given for it)."""
+    bc._check(candidates is None or isinstance(candidates, (list, tuple)) and len(candidates) == len(graph.edges),
+              "candidates", candidates if candidates is None else f"{len(candidates)} masks",
+              f"None or one (out, in) bool mask per graph edge ({len(graph.edges)})")
+    return [None if e.linear is None else (e.linear.weight.detach().cpu() != 0 if candidates is None else candidates[k])
+            for k, e in enumerate(graph.edges)]
+
+def _eap_masks(model: nn.Module, graph: bc.Graph, x: torch.Tensor, metric, baseline, cand: list, faith,
+               target: float) -> list:
+    """The fewest candidates with the top `edge_attribution` scores whose circuit reaches the target."""
+    scores = edge_attribution(model, x, metric, baseline, graph)
+    learned = [k for k, c in enumerate(cand) if c is not None]
+    flat = torch.cat([scores[k][cand[k]] for k in learned])  # the candidates' scores, edge by edge, row-major
+    order = flat.argsort(descending=True, stable=True)  # ties: the earlier edge and connection first
+
+    def top(n):  # the masks of the n best candidates
+        kept = torch.zeros(len(flat), dtype=torch.bool)
+        kept[order[:n]] = True
+        masks = [None] * len(cand)
+        for k, part in zip(learned, kept.split([int(cand[k].sum()) for k in learned])):
+            masks[k] = torch.zeros_like(cand[k])
+            masks[k][cand[k]] = part
+        return masks
+
+    # Faithfulness grows with n almost monotonically: bisection finds an n reaching the target next to one
+    # missing it (n = 0: faithfulness 0) in log2(N) forward passes, not N; a smaller n after a dip is missed.
+    lo, hi = 0, len(flat)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if faith(top(mid)) >= target:
+            hi = mid
+        else:
+            lo = mid
+    return top(hi)
+
+def _acdc_masks(cand: list, faith, target: float) -> list:
+    """From the output side, every candidate in turn is dropped unless the circuit then misses the target."""
+    masks = [None if c is None else c.clone() for c in cand]
+    for m in reversed(masks):  # output side first: edges are listed inputs first
+        if m is None:
+            continue
+        for o, i in m.nonzero().tolist():
+            m[o, i] = False
+            if faith(masks) < target:  # the circuit needs this connection
+                m[o, i] = True
+    return masks
+
 def discover_circuit(model: nn.Module, x: torch.Tensor, metric, target: float = 0.9, method: str = "eap",
                      baseline: torch.Tensor | None = None, candidates: list | None = None,
                      graph: bc.Graph | None = None) -> Circuit:
@@ -367,35 +420,16 @@ def discover_circuit(model: nn.Module, x: torch.Tensor, metric, target: float = 
         raise ValueError(f"unknown method {method!r}; expected 'eap' or 'acdc'")
     bc._check(0 < target <= 1, "target faithfulness", target, "in (0, 1]")
     t0, graph = time.perf_counter(), graph or network_graph(model)
-    cand = candidates or [None if e.linear is None else e.linear.weight.detach().cpu() != 0 for e in graph.edges]
-    cand = [None if e.linear is None else c for e, c in zip(graph.edges, cand)]  # skips: never candidates
+    cand = _candidates(graph, candidates)
     faith = _faithfulness(model, graph, x, metric, baseline)
     if method == "eap":
-        scores = edge_attribution(model, x, metric, baseline, graph)
-        flat = torch.cat([torch.where(c, s, -1.0).flatten() for s, c in zip(scores, cand) if c is not None])
-        rank = flat.argsort(descending=True, stable=True).argsort()
-        ranks = iter(rank.split([c.numel() for c in cand if c is not None]))
-        ranks = [None if c is None else next(ranks).view(c.shape) for c in cand]  # non-candidates rank last
-
-        def top(k):
-            return [r if r is None else r < k for r in ranks]
-
-        # Faithfulness grows with k almost monotonically: bisection finds a k reaching the target next to one
-        # missing it (k = 0: faithfulness 0) in log2(n) forward passes, not n; a smaller k after a dip is missed.
-        lo, hi = 0, sum(int(c.sum()) for c in cand if c is not None)
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            lo, hi = (lo, mid) if faith(top(mid)) >= target else (mid, hi)
-        masks = top(hi)
+        masks = _eap_masks(model, graph, x, metric, baseline, cand, faith, target)
     else:
-        masks = [None if c is None else c.clone() for c in cand]
-        for m in reversed(masks):  # output side first: edges are listed inputs first
-            for o, i in ([] if m is None else m.nonzero().tolist()):
-                m[o, i] = False
-                m[o, i] = faith(masks) < target  # put it back if the circuit needs it
+        masks = _acdc_masks(cand, faith, target)
     edges = [(e.name, o, i) for e, m in zip(graph.edges, masks) if m is not None for o, i in m.nonzero().tolist()]
     total = sum(e.linear.weight.numel() for e in graph.edges if e.linear is not None)
-    return Circuit(masks, edges, total, faith(masks), time.perf_counter() - t0, method)
+    return Circuit(masks=masks, edges=edges, total=total, faithfulness=faith(masks),
+                   seconds=time.perf_counter() - t0, method=method)
 
 def compact(model: bc.BioMLP, threshold: float = 0.0) -> bc.BioMLP:
     """A smaller BioMLP computing `model` after `prune(model, threshold)` (up to rounding), without the hidden

@@ -1,4 +1,4 @@
-"""BIMT on an architecture of one's own, through the public protocol only (README: "A custom architecture").
+"""BIMT on an architecture of one's own, through the public protocol only (docs/custom-architectures.md).
 
 SkipMLP is no BioMLP chain: an input linear writes a residual stream, an MLP block adds to it through a skip
 connection, an output linear reads it. Oracles: the unswapped model's outputs, brute-force relocation, weights

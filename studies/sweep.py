@@ -12,8 +12,8 @@ widgets). Each run writes its claims (bs.Claims) to a JSON file; as soon as the 
 to the CSV (results/claims_sweep.csv): one row per claim, plus a 'run completed' row that is False, with the
 error's last line as value, when the run raised. A run already in the CSV is replaced (or, with --resume,
 skipped). At the end, and with --summary, the sweep writes figures/claims_sweep.png and results/claims_sweep.md
-(docs/robustness.md and results/claims_sweep.md; each notebook shows its own rows with bs.claim_rates). A notebook whose `parameters` cell
-lacks one of the five names is refused before anything runs; --timeout bounds a whole run; a run that records
+(docs/robustness.md reads them; each notebook shows its own rows with bs.claim_rates). A notebook whose
+`parameters` cell lacks one of the five names is refused before anything runs; --timeout bounds a whole run; a run that records
 no claim, or another procedure than it was given, counts as failed.
 
 Why papermill rather than bare nbclient: a sweep needs parameters, and papermill (2.7.0, in requirements.txt)

@@ -9,12 +9,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import numbers
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -680,9 +682,62 @@ def figures_dir() -> Path:
     path.mkdir(exist_ok=True)
     return path
 
+class Interval(NamedTuple):
+    lo: float
+    hi: float
+
+def wilson(k: int, n: int, z: float = 1.96) -> Interval:
+    """The Wilson score interval of a success rate k/n (z = 1.96: 95%). Unlike k/n +- z sqrt(p (1 - p) / n) it
+    keeps its coverage at small n and does not collapse to a point at k = 0 or k = n."""
+    bc._check(bc._is_int(n), "n, the number of trials,", n, "a positive int (a rate of no trials has no interval)")
+    bc._check(bc._is_int(k, 0, n + 1), "k, the number of successes,", k, f"an int in [0, n = {n}]")
+    bc._check(bc._is_real(z) and z > 0, "z", z, "a positive number (1.96 for 95%)")
+    p, z2 = k / n, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return Interval(0.0 if k == 0 else centre - half, 1.0 if k == n else centre + half)  # exact ends, not rounded
+
+class Rate(NamedTuple):
+    """k successes in n trials; str: '20% (2/10; 6-51%)', the rate, the count and its Wilson 95% interval
+    ('-' for n = 0)."""
+    k: int
+    n: int
+
+    def __str__(self):
+        if not self.n:
+            return "-"
+        lo, hi = wilson(self.k, self.n)
+        return f"{self.k / self.n:.0%} ({self.k}/{self.n}; {100 * lo:.0f}-{hi:.0%})"
+
+class ClaimRate(NamedTuple):
+    """One claim of the seed sweep: whether it holds in the authors' own run (their seed, their procedure;
+    None: not run), and per procedure its `Rate` over the swept seeds that recorded it."""
+    notebook: str
+    claim: str
+    at_authors_seed: bool | None
+    rates: dict
+
+def claim_tally(rows: list[dict]) -> list[ClaimRate]:
+    """Per claim of the seed sweep's CSV rows (dicts with notebook, seed, procedure, claim, holds), in the
+    rows' order; notes (holds '') are skipped. Every procedure of the rows gets a Rate, Rate(0, 0) if none."""
+    procedures, at, counts = sorted({r["procedure"] for r in rows}), {}, {}
+    for r in rows:
+        if not r["holds"]:
+            continue
+        key, holds = (r["notebook"], r["claim"]), r["holds"] == "True"
+        kn = counts.setdefault(key, {p: [0, 0] for p in procedures})
+        at.setdefault(key, None)
+        if r["seed"] != "authors":
+            kn[r["procedure"]][0] += holds
+            kn[r["procedure"]][1] += 1
+        elif r["procedure"] == "authors":
+            at[key] = holds
+    return [ClaimRate(*key, at[key], {p: Rate(*c) for p, c in kn.items()}) for key, kn in counts.items()]
+
 def claim_rates(notebook: str | None = None, path=None) -> str:
     """A markdown table of the seed sweep (results/claims_sweep.csv): per claim, whether it holds at the
-    authors' seed and in k of n seeds per procedure. notebook=None: all, with their names."""
+    authors' seed, and its success rate over the swept seeds per procedure, as k/n with its Wilson 95%
+    interval. notebook=None: all, with their names."""
     path = Path(path or Path(__file__).resolve().parent / "results" / "claims_sweep.csv")
     run = f"run: python studies/sweep.py --notebooks {notebook or '...'}"
     if not path.is_file():
@@ -691,16 +746,10 @@ def claim_rates(notebook: str | None = None, path=None) -> str:
         rows = [r for r in csv.DictReader(f) if r["holds"] and notebook in (None, r["notebook"])]
     if not rows:
         raise ValueError(f"{path}: no claims of notebook {notebook!r}; {run}")
-    procs, table = sorted({r["procedure"] for r in rows}), {}  # (notebook, claim) -> [at authors' seed, {proc: holds}]
-    for r in rows:
-        t = table.setdefault((r["notebook"], r["claim"]), ["-", {p: [] for p in procs}])
-        if r["seed"] != "authors":
-            t[1][r["procedure"]].append(r["holds"] == "True")
-        elif r["procedure"] == "authors":
-            t[0] = "yes" if r["holds"] == "True" else "no"
+    tally = claim_tally(rows)
     head = ["notebook"] * (notebook is None) + ["claim", "holds at the authors' seed (authors' procedure)"] + [
-        "success rate, %s procedure (k/n)" % ("authors'" if p == "authors" else p) for p in procs]
-    body = [[nb] * (notebook is None) + [claim, at] + [f"{sum(h) / len(h):.0%} ({sum(h)}/{len(h)})" if h else "-"
-                                                      for h in seeds.values()]
-            for (nb, claim), (at, seeds) in table.items()]
+        "success rate, %s procedure (k/n; Wilson 95%% interval)" % ("authors'" if p == "authors" else p)
+        for p in tally[0].rates]
+    body = [[c.notebook] * (notebook is None) + [c.claim, {True: "yes", False: "no", None: "-"}[c.at_authors_seed]]
+            + [str(r) for r in c.rates.values()] for c in tally]
     return "\n".join("| " + " | ".join(cells) + " |" for cells in [head, ["---"] * len(head), *body])

@@ -1,8 +1,8 @@
 """Seeing a trained BIMT network: which neurons and connections survive, the modules they form, circuits
-found by attribution (EAP, ACDC), pruning and interventions, network drawings, training GIFs, widgets, and the
-checked claims of the notebooks with their success rates over seeds. The method itself (layers, cost,
-swapping, training) is bimt_core; this module imports it and is never imported by it. Top to bottom:
-analysis -> circuits -> plotting -> claims.
+found by attribution (EAP, ACDC) and checked on planted circuits, pruning and interventions, network drawings,
+training GIFs, widgets, and the checked claims of the notebooks with their success rates over seeds (Wilson
+intervals). The method itself (layers, cost, swapping, training) is bimt_core; this module imports it and is
+never imported by it. Top to bottom: analysis -> circuits -> circuits against ground truth -> plotting -> claims.
 """
 from __future__ import annotations
 
@@ -533,7 +533,8 @@ def roc_auc(scores, labels) -> float:
     return float((rank[y].sum() - pos * (pos + 1) / 2) / (pos * neg))
 
 class Roc(NamedTuple):
-    """An ROC curve: fpr, tpr (k + 1,) at thresholds above each of the k distinct scores, from (0, 0) to (1, 1)."""
+    """An ROC curve: fpr, tpr (k + 1,): (0, 0), then the rates among the connections scoring at least each of the
+    k distinct scores, highest first, up to (1, 1)."""
     fpr: np.ndarray
     tpr: np.ndarray
 
@@ -794,6 +795,7 @@ def figures_dir() -> Path:
     return path
 
 class Interval(NamedTuple):
+    """A confidence interval [lo, hi] of a rate."""
     lo: float
     hi: float
 

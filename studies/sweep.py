@@ -290,22 +290,6 @@ def sweep(args) -> None:
 # The summary: README table and figure
 
 
-def claim_table(rows: list[dict]) -> list[tuple]:
-    """(notebook, claim, holds at the authors' seed under the authors' procedure (None: not run),
-    {procedure: (k, n)}) per claim, in the CSV's order; n counts the swept seeds that recorded the claim."""
-    procedures, table = sorted({r["procedure"] for r in rows}), {}
-    for r in rows:
-        if not r["holds"]:
-            continue
-        entry = table.setdefault((r["notebook"], r["claim"]), [None, {p: [0, 0] for p in procedures}])
-        if r["seed"] != AUTHORS_SEED:
-            entry[1][r["procedure"]][0] += r["holds"] == "True"
-            entry[1][r["procedure"]][1] += 1
-        elif r["procedure"] == "authors":
-            entry[0] = r["holds"] == "True"
-    return [(nb, claim, at, {p: tuple(kn) for p, kn in rates.items()}) for (nb, claim), (at, rates) in table.items()]
-
-
 def number(text: str) -> float | None:
     try:
         return float(text)
@@ -340,34 +324,38 @@ def notes_table(rows: list[dict]) -> str:
     return "\n".join("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |" for cells in lines)
 
 
-def plot(table: list[tuple], path: Path, subtitle: str) -> None:
-    """One row per claim, grouped by notebook: a bar per procedure (the share of swept seeds at which the claim
-    holds; k/n at the right) and a mark for the authors' own run (their seed, their procedure). A notebook's
-    'run completed' row is drawn only when one of its runs crashed (the crash is what lowers the n's)."""
+def plot(table: list, path: Path, subtitle: str):
+    """One row per claim (bs.ClaimRate), grouped by notebook: a bar per procedure (the share of swept seeds at
+    which the claim holds, with its Wilson 95% interval as an error bar; k/n at the right) and a mark for the
+    authors' own run (their seed, their procedure). A notebook's 'run completed' row is drawn only when one of
+    its runs crashed (the crash is what lowers the n's). Saves the figure at path and returns it (closed)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    procedures = list(table[0][3]) if table else []
+    import bimt_seeing as bs
+
+    procedures = list(table[0].rates) if table else []
     colours = dict(zip(procedures, ["#dd8452", "#4c72b0", "#8172b3", "#55a868"]))
-    crashed = {nb for nb, claim, at, rates in table if claim == RUN_COMPLETED and
-               (at is False or any(k < n for k, n in rates.values()))}
-    items, notebook = [], None  # top to bottom: ('notebook', stem) headers and ('claim', entry) rows
+    crashed = {c.notebook for c in table if c.claim == RUN_COMPLETED and
+               (c.at_authors_seed is False or any(k < n for k, n in c.rates.values()))}
+    items, notebook = [], None  # top to bottom: ('notebook', stem) headers and ('claim', ClaimRate) rows
     for entry in table:
-        if entry[1] == RUN_COMPLETED and entry[0] not in crashed:
+        if entry.claim == RUN_COMPLETED and entry.notebook not in crashed:
             continue
-        if entry[0] != notebook:
-            notebook = entry[0]
+        if entry.notebook != notebook:
+            notebook = entry.notebook
             items.append(("notebook", notebook))
         items.append(("claim", entry))
-    labels = [textwrap.wrap(item[1], 60, max_lines=2, placeholder=" ...") for kind, item in items if kind == "claim"]
-    left, width, right, top, row = 0.3 + 0.068 * max(map(len, sum(labels, [""]))), 5.0, 1.7, 1.1, 0.36
+    labels = [textwrap.wrap(item.claim, 60, max_lines=2, placeholder=" ...") for kind, item in items if kind == "claim"]
+    left, width, right, top, row = 0.3 + 0.068 * max(map(len, sum(labels, [""]))), 5.0, 1.7, 1.3, 0.36
     height = top + row * len(items) + 0.6
     fig = plt.figure(figsize=(left + width + right, height))
     ax = fig.add_axes([left / fig.get_figwidth(), 0.6 / height, width / fig.get_figwidth(), row * len(items) / height])
     at_x = [1.03 + i * 0.6 / width for i in range(len(procedures) + 1)]  # text columns right of the bars, 0.6 in
     side = ax.get_yaxis_transform()  # x in axes units, y in rows
     bar = 0.76 / max(1, len(procedures))
+    errors = {p: [] for p in procedures}  # (y, rate, lo, hi) of each bar with n > 0
     for y, (kind, item) in enumerate(items):
         if kind == "notebook":
             ax.text(-0.02, y, f"{NOTEBOOKS[item]}: {item}" if item in NOTEBOOKS else item, transform=side,
@@ -375,17 +363,24 @@ def plot(table: list[tuple], path: Path, subtitle: str) -> None:
             if y:
                 ax.axhline(y - 0.5, color="0.75", lw=0.8, clip_on=False, xmin=-left / width, xmax=1 + right / width)
             continue
-        nb, claim, at, rates = item
-        ax.text(-0.02, y, "\n".join(textwrap.wrap(claim, 60, max_lines=2, placeholder=" ...")), transform=side,
-                ha="right", va="center", fontsize=9, color="0.45" if claim == RUN_COMPLETED else "black",
-                style="italic" if claim == RUN_COMPLETED else "normal")
-        for i, (p, (k, n)) in enumerate(rates.items()):
-            ax.barh(y + (i - (len(procedures) - 1) / 2) * bar, k / n if n else 0, height=bar * 0.92, color=colours[p])
+        ax.text(-0.02, y, "\n".join(textwrap.wrap(item.claim, 60, max_lines=2, placeholder=" ...")), transform=side,
+                ha="right", va="center", fontsize=9, color="0.45" if item.claim == RUN_COMPLETED else "black",
+                style="italic" if item.claim == RUN_COMPLETED else "normal")
+        for i, (p, (k, n)) in enumerate(item.rates.items()):
+            y_bar = y + (i - (len(procedures) - 1) / 2) * bar
+            ax.barh(y_bar, k / n if n else 0, height=bar * 0.92, color=colours[p])
+            if n:
+                errors[p].append((y_bar, k / n, *bs.wilson(k, n)))
             ax.text(at_x[i], y, f"{k}/{n}" if n else "-", transform=side, ha="left", va="center", fontsize=9,
                     color=colours[p], weight="bold")
-        mark, colour = {True: ("\u2713", "#2f855a"), False: ("\u2717", "#c53030"), None: ("-", "0.5")}[at]
+        mark, colour = {True: ("\u2713", "#2f855a"), False: ("\u2717", "#c53030"), None: ("-", "0.5")}[item.at_authors_seed]
         ax.text(at_x[-1] + 0.03, y, mark, transform=side, ha="center", va="center", fontsize=13,
                 color=colour, weight="bold")
+    for p, bars in errors.items():
+        if bars:
+            ys, rates, los, his = zip(*bars)  # one errorbar container per procedure, in procedure order
+            ax.errorbar(rates, ys, xerr=[[r - lo for r, lo in zip(rates, los)], [hi - r for r, hi in zip(rates, his)]],
+                        fmt="none", ecolor="0.15", elinewidth=0.9, capsize=2)
     for i, p in enumerate(procedures):
         ax.text(at_x[i], -0.6, procedure_label(p), transform=side, ha="left", va="bottom", fontsize=8, color=colours[p])
     ax.text(at_x[-1] + 0.03, -0.6, "authors'\nrun", transform=side, ha="center", va="bottom",
@@ -408,6 +403,7 @@ def plot(table: list[tuple], path: Path, subtitle: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return fig
 
 
 def summarize(csv_path: Path, figure: Path, table_path: Path) -> None:
@@ -422,13 +418,14 @@ def summarize(csv_path: Path, figure: Path, table_path: Path) -> None:
     swept = f"{len(seeds)} seeds ({f'{seeds[0]}-{seeds[-1]}' if contiguous else ', '.join(map(str, seeds))})"
     table_path.parent.mkdir(parents=True, exist_ok=True)
     table_path.write_text(
-        f"Claims over up to {swept} per procedure (k/n: the runs of each notebook that recorded the claim), and at "
-        f"the authors' seed (generated by studies/sweep.py from "
-        f"{csv_path.name}).\n\n{bs.claim_rates(path=csv_path)}\n\nMeasured values (no pass/fail):\n\n"
+        f"Claims over up to {swept} per procedure (k/n: the runs of each notebook that recorded the claim, with "
+        f"the Wilson 95% interval of the success rate), and at the authors' seed (generated by studies/sweep.py "
+        f"from {csv_path.name}).\n\n{bs.claim_rates(path=csv_path)}\n\nMeasured values (no pass/fail):\n\n"
         f"{notes_table(rows)}\n")
-    plot(claim_table(rows), figure, f"Bars: share of the swept seeds (up to {swept}) at which each claim holds, per procedure.  "
-                                    f"\u2713 / \u2717: it holds / fails in the authors' own run (their seed, "
-                                    f"their procedure).")
+    plot(bs.claim_tally(rows), figure,
+         f"Bars: share of the swept seeds (up to {swept}) at which each claim holds, per procedure; whiskers: its "
+         f"Wilson 95% interval.\n\u2713 / \u2717: it holds / fails in the authors' own run (their seed, their "
+         f"procedure).")
     print(f"wrote {table_path} and {figure}")
 
 

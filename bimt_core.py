@@ -258,11 +258,13 @@ class Graph:
 
     def __post_init__(self):
         self.edges, rows = [Edge(*e) for e in self.edges], self.rows
-        kinds, n = [r.kind for r in rows], [len(r.unit) for r in rows]
+        kinds, n, names = [r.kind for r in rows], [len(r.unit) for r in rows], [r.name for r in rows]
         _check(kinds.count("input") == 1 and "output" in kinds, "a graph's row kinds", kinds,
                "one 'input' row and at least one 'output' row")
-        for i, (name, lin, s, d, cols) in enumerate(self.edges):
-            where = f"edge {i} ({name!r}): "
+        repeated = sorted({x for x in names if names.count(x) > 1})  # a lookup by name would find the first only
+        _check(not repeated, "a graph's row names", names, f"unique (rows are looked up by name); {repeated} repeat")
+        for i, e in enumerate(self.edges):
+            where, lin, s, d, cols = f"edge {i} ({e.name!r}): ", e.linear, e.src, e.dst, e.cols
             _check(_is_int(d, 0, len(rows)) and _is_int(s, 0, d), where + "(src, dst)", (s, d),
                    f"row indices, src < dst < {len(rows)} (rows run bottom to top)")
             _check(lin is None or isinstance(lin, BioLinear), where + "linear", type(lin).__name__,
@@ -273,11 +275,11 @@ class Graph:
                 lin.in_features, lin.out_features)
             _check(got == want, where + "(inputs, outputs)", got,
                    f"{want}: the widths of rows {rows[s].name!r} (or of cols) and {rows[d].name!r}")
-            _check(all(e.dst != s for e in self.edges[i + 1:]), where + "its source row", rows[s].name,
+            _check(all(later.dst != s for later in self.edges[i + 1:]), where + "its source row", rows[s].name,
                    "written by no later edge (list edges so that every row is written before it is read)")
 
     def index(self, row) -> int:
-        """The index of `row`: a row index, or a name (the first row so called)."""
+        """The index of `row`: a row index, or a row's name (names are unique)."""
         names = [r.name for r in self.rows]
         if _is_int(row, 0, len(names)):
             return int(row)
@@ -427,7 +429,7 @@ class BioMLP(SwappableModel):
         rows = [Row("input", lins[0].in_coords, "input", self.in_fold, caller, unit)]
         rows += [Row(f"hidden{i}", lins[i].in_coords) for i in range(1, n)]
         rows.append(Row("output", lins[-1].out_coords, "output", caller=self.out_perm))
-        return Graph(rows, [(f"linears.{i}", lin, i, i + 1) for i, lin in enumerate(lins)])
+        return Graph(rows, [Edge(f"linears.{i}", lin, i, i + 1) for i, lin in enumerate(lins)])
 
 def _act_name(m: nn.Module) -> str | None:
     """The BioMLP activation that an activation module computes (None: not one)."""
@@ -590,25 +592,27 @@ class BioTransformer(SwappableModel):
         return layers + [out]
 
     def graph(self) -> "Graph":
-        """Rows input, embed, per block b attention{b} (q|k|v, fold 3), residual, mlp{b}, residual, then output.
-        attn_out reads the v copy (attention mixes positions, never channels); residual skips are identities."""
+        """Rows input, embed, per block b attention{b} (q|k|v, fold 3), residual{b}.attn (the stream after the
+        attention adds), mlp{b}, residual{b}.mlp (after the MLP adds), then output. attn_out reads the v copy
+        (attention mixes positions, never channels); residual skips are identities."""
         d = self.d_model
         rows = [Row("input", self.embed_in.in_coords, "input", caller=self.in_perm,
                     unit=torch.arange(self.in_dim)), Row("embed", self.embed_in.out_coords)]
-        edges, res = [("embed_in", self.embed_in, 0, 1)], 1
+        edges, res = [Edge("embed_in", self.embed_in, 0, 1)], 1
         for b, blk in enumerate(self.blocks):
             a = len(rows)
-            rows += [Row(f"attention{b}", blk.qkv.out_coords, fold=3), Row("residual", blk.attn_out.out_coords),
-                     Row(f"mlp{b}", blk.mlp_in.out_coords), Row("residual", blk.mlp_out.out_coords)]
-            edges += [(f"blocks.{b}.qkv", blk.qkv, res, a),
-                      (f"blocks.{b}.attn_out", blk.attn_out, a, a + 1, torch.arange(2 * d, 3 * d)),
-                      (f"blocks.{b}.attn_skip", None, res, a + 1),
-                      (f"blocks.{b}.mlp_in", blk.mlp_in, a + 1, a + 2),
-                      (f"blocks.{b}.mlp_out", blk.mlp_out, a + 2, a + 3),
-                      (f"blocks.{b}.mlp_skip", None, a + 1, a + 3)]
+            rows += [Row(f"attention{b}", blk.qkv.out_coords, fold=3),
+                     Row(f"residual{b}.attn", blk.attn_out.out_coords),
+                     Row(f"mlp{b}", blk.mlp_in.out_coords), Row(f"residual{b}.mlp", blk.mlp_out.out_coords)]
+            edges += [Edge(f"blocks.{b}.qkv", blk.qkv, res, a),
+                      Edge(f"blocks.{b}.attn_out", blk.attn_out, a, a + 1, torch.arange(2 * d, 3 * d)),
+                      Edge(f"blocks.{b}.attn_skip", None, res, a + 1),
+                      Edge(f"blocks.{b}.mlp_in", blk.mlp_in, a + 1, a + 2),
+                      Edge(f"blocks.{b}.mlp_out", blk.mlp_out, a + 2, a + 3),
+                      Edge(f"blocks.{b}.mlp_skip", None, a + 1, a + 3)]
             res = a + 3
         rows.append(Row("output", self.unembed.out_coords, "output", caller=self.out_perm))
-        return Graph(rows, edges + [("unembed", self.unembed, res, len(rows) - 1)])
+        return Graph(rows, edges + [Edge("unembed", self.unembed, res, len(rows) - 1)])
 
 # -- Connection cost ---------------------------------------------------------------------------------
 def _linears(model: nn.Module) -> list[BioLinear]:

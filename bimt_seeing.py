@@ -1,20 +1,22 @@
 """Seeing a trained BIMT network: which neurons and connections survive, the modules they form, circuits
-found by attribution (EAP, ACDC), pruning and interventions, network drawings, training GIFs, widgets, and the
-checked claims of the notebooks with their success rates over seeds. The method itself (layers, cost,
-swapping, training) is bimt_core; this module imports it and is never imported by it. Top to bottom:
-analysis -> circuits -> plotting -> claims.
+found by attribution (EAP, ACDC) and checked on planted circuits, pruning and interventions, network drawings,
+training GIFs, widgets, and the checked claims of the notebooks with their success rates over seeds (Wilson
+intervals). The method itself (layers, cost, swapping, training) is bimt_core; this module imports it and is
+never imported by it. Top to bottom: analysis -> circuits -> circuits against ground truth -> plotting -> claims.
 """
 from __future__ import annotations
 
 import csv
 import io
 import json
+import math
 import numbers
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -46,8 +48,8 @@ def surviving(graph: bc.Graph, threshold: float = 0.0) -> list[torch.Tensor]:
     """Per edge, the (out, in) bool mask of w != 0 with |w| >= threshold * max |w| of its layer (threshold: [0, 1])."""
     bc._number("threshold", threshold, 0, 1)
     masks = []
-    for _, lin, _, d, _ in graph.edges:
-        w = torch.eye(len(graph.rows[d].unit)) if lin is None else lin.weight.detach().abs().cpu()
+    for e in graph.edges:
+        w = torch.eye(len(graph.rows[e.dst].unit)) if e.linear is None else e.linear.weight.detach().abs().cpu()
         masks.append((w > 0) & (w >= threshold * w.max()))
     return masks
 
@@ -106,13 +108,14 @@ def find_modules(graph: bc.Graph, masks: list, active: list | None = None) -> li
     comps = {}
     for ri, (r, act) in enumerate(zip(graph.rows, active or active_neurons(graph, masks))):
         for u in act.nonzero().flatten().tolist():
-            c = comps.setdefault(root(offset[ri] + u), Module([], [], {}))
+            c = comps.setdefault(root(offset[ri] + u), Module(inputs=[], outputs=[], hidden={}))
             if r.kind == "hidden":
                 c.hidden.setdefault(r.name, []).append(u)
             else:
                 callers = r.caller[r.unit == u].tolist()
                 (c.inputs if r.kind == "input" else c.outputs).extend(callers[:1])
-    mods = [Module(sorted(m.inputs), sorted(m.outputs), m.hidden) for m in comps.values() if m.inputs and m.outputs]
+    mods = [Module(inputs=sorted(m.inputs), outputs=sorted(m.outputs), hidden=m.hidden)
+            for m in comps.values() if m.inputs and m.outputs]
     return sorted(mods, key=lambda m: (m.inputs, m.outputs))
 
 def reach_matrices(graph: bc.Graph, masks: list) -> list:
@@ -170,11 +173,13 @@ def analyze(model: nn.Module, threshold: float = 0.0, graph: bc.Graph | None = N
                      {u: rr[p].any(0).nonzero().flatten().tolist() for u, p in pos.items()})
         if r.kind == "output" and rr is not None:
             outputs.update({c: rr[p].nonzero().flatten().tolist() for p, c in enumerate(r.caller.tolist())})
-    return NetworkReport(threshold, sum(int(m.sum()) for m in learned), sum(m.numel() for m in learned),
-                         sum(int(a.sum()) for a in active), sum(len(a) for a in active),
-                         sum(int(a.sum()) for r, a in zip(graph.rows, active) if r.kind == "hidden"), wiring,
-                         dict(sorted(outputs.items())), find_modules(graph, masks, active),
-                         [r.name for r in graph.rows], [a.nonzero().flatten().tolist() for a in active], reads)
+    return NetworkReport(
+        threshold=threshold, connections=sum(int(m.sum()) for m in learned),
+        total_connections=sum(m.numel() for m in learned), neurons=sum(int(a.sum()) for a in active),
+        total_neurons=sum(len(a) for a in active),
+        hidden_neurons=sum(int(a.sum()) for r, a in zip(graph.rows, active) if r.kind == "hidden"), wiring=wiring,
+        reach=dict(sorted(outputs.items())), modules=find_modules(graph, masks, active),
+        rows=[r.name for r in graph.rows], active=[a.nonzero().flatten().tolist() for a in active], reads=reads)
 
 def embedding_modules(model: nn.Module, threshold: float) -> list[list[int]]:
     """The embedding dims of each module of the network below the output row (every output reads them all)."""
@@ -206,11 +211,12 @@ def prune(model: nn.Module, threshold: float, graph: bc.Graph | None = None) -> 
     names, saved = _param_names(model), {}
     masks = surviving(graph, threshold)
     with torch.no_grad():
-        for (_, lin, _, _, _), m in filter(lambda em: em[0].linear is not None, zip(graph.edges, masks)):
-            saved[names[id(lin.weight)]] = lin.weight.detach().clone()
-            lin.weight.mul_(m.to(lin.weight.device))
+        for e, m in zip(graph.edges, masks):
+            if e.linear is not None:
+                saved[names[id(e.linear.weight)]] = e.linear.weight.detach().clone()
+                e.linear.weight.mul_(m.to(e.linear.weight.device))
     report = analyze(model, 0.0, graph)
-    return Pruned(saved, report.connections, report.neurons, model)
+    return Pruned(saved=saved, connections=report.connections, neurons=report.neurons, model=model)
 
 def restore(model: nn.Module, record) -> None:
     """Put back the tensors saved in a `Pruned` record (or a {parameter name: tensor} dict)."""
@@ -363,6 +369,55 @@ class Circuit:
         return (f"{self.method} circuit: {len(self.edges)}/{self.total} connections, faithfulness "
                 f"{self.faithfulness:.3f}, found in {self.seconds:.3g} s: {_short(self.edges, 6)}")
 
+def _candidates(graph: bc.Graph, candidates: list | None) -> list:
+    """Per edge the (out, in) bool mask of the connections a circuit may keep: `candidates`, else the non-zero
+    weights; None for an identity edge (a skip is never a candidate, whatever mask is given for it)."""
+    bc._check(candidates is None or isinstance(candidates, (list, tuple)) and len(candidates) == len(graph.edges),
+              "candidates", candidates if candidates is None else f"{len(candidates)} masks",
+              f"None or one (out, in) bool mask per graph edge ({len(graph.edges)})")
+    return [None if e.linear is None else (e.linear.weight.detach().cpu() != 0 if candidates is None else candidates[k])
+            for k, e in enumerate(graph.edges)]
+
+def _eap_masks(model: nn.Module, graph: bc.Graph, x: torch.Tensor, metric, baseline, cand: list, faith,
+               target: float) -> list:
+    """The fewest candidates with the top `edge_attribution` scores whose circuit reaches the target."""
+    scores = edge_attribution(model, x, metric, baseline, graph)
+    learned = [k for k, c in enumerate(cand) if c is not None]
+    flat = torch.cat([scores[k][cand[k]] for k in learned])  # the candidates' scores, edge by edge, row-major
+    order = flat.argsort(descending=True, stable=True)  # ties: the earlier edge and connection first
+
+    def top(n):  # the masks of the n best candidates
+        kept = torch.zeros(len(flat), dtype=torch.bool)
+        kept[order[:n]] = True
+        masks = [None] * len(cand)
+        for k, part in zip(learned, kept.split([int(cand[k].sum()) for k in learned])):
+            masks[k] = torch.zeros_like(cand[k])
+            masks[k][cand[k]] = part
+        return masks
+
+    # Faithfulness grows with n almost monotonically: bisection finds an n reaching the target next to one
+    # missing it (n = 0: faithfulness 0) in log2(N) forward passes, not N; a smaller n after a dip is missed.
+    lo, hi = 0, len(flat)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if faith(top(mid)) >= target:
+            hi = mid
+        else:
+            lo = mid
+    return top(hi)
+
+def _acdc_masks(cand: list, faith, target: float) -> list:
+    """From the output side, every candidate in turn is dropped unless the circuit then misses the target."""
+    masks = [None if c is None else c.clone() for c in cand]
+    for m in reversed(masks):  # output side first: edges are listed inputs first
+        if m is None:
+            continue
+        for o, i in m.nonzero().tolist():
+            m[o, i] = False
+            if faith(masks) < target:  # the circuit needs this connection
+                m[o, i] = True
+    return masks
+
 def discover_circuit(model: nn.Module, x: torch.Tensor, metric, target: float = 0.9, method: str = "eap",
                      baseline: torch.Tensor | None = None, candidates: list | None = None,
                      graph: bc.Graph | None = None) -> Circuit:
@@ -375,35 +430,16 @@ def discover_circuit(model: nn.Module, x: torch.Tensor, metric, target: float = 
         raise ValueError(f"unknown method {method!r}; expected 'eap' or 'acdc'")
     bc._check(0 < target <= 1, "target faithfulness", target, "in (0, 1]")
     t0, graph = time.perf_counter(), graph or network_graph(model)
-    cand = candidates or [None if e.linear is None else e.linear.weight.detach().cpu() != 0 for e in graph.edges]
-    cand = [None if e.linear is None else c for e, c in zip(graph.edges, cand)]  # skips: never candidates
+    cand = _candidates(graph, candidates)
     faith = _faithfulness(model, graph, x, metric, baseline)
     if method == "eap":
-        scores = edge_attribution(model, x, metric, baseline, graph)
-        flat = torch.cat([torch.where(c, s, -1.0).flatten() for s, c in zip(scores, cand) if c is not None])
-        rank = flat.argsort(descending=True, stable=True).argsort()
-        ranks = iter(rank.split([c.numel() for c in cand if c is not None]))
-        ranks = [None if c is None else next(ranks).view(c.shape) for c in cand]  # non-candidates rank last
-
-        def top(k):
-            return [r if r is None else r < k for r in ranks]
-
-        # Faithfulness grows with k almost monotonically: bisection finds a k reaching the target next to one
-        # missing it (k = 0: faithfulness 0) in log2(n) forward passes, not n; a smaller k after a dip is missed.
-        lo, hi = 0, sum(int(c.sum()) for c in cand if c is not None)
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            lo, hi = (lo, mid) if faith(top(mid)) >= target else (mid, hi)
-        masks = top(hi)
+        masks = _eap_masks(model, graph, x, metric, baseline, cand, faith, target)
     else:
-        masks = [None if c is None else c.clone() for c in cand]
-        for m in reversed(masks):  # output side first: edges are listed inputs first
-            for o, i in ([] if m is None else m.nonzero().tolist()):
-                m[o, i] = False
-                m[o, i] = faith(masks) < target  # put it back if the circuit needs it
+        masks = _acdc_masks(cand, faith, target)
     edges = [(e.name, o, i) for e, m in zip(graph.edges, masks) if m is not None for o, i in m.nonzero().tolist()]
     total = sum(e.linear.weight.numel() for e in graph.edges if e.linear is not None)
-    return Circuit(masks, edges, total, faith(masks), time.perf_counter() - t0, method)
+    return Circuit(masks=masks, edges=edges, total=total, faithfulness=faith(masks),
+                   seconds=time.perf_counter() - t0, method=method)
 
 def compact(model: bc.BioMLP, threshold: float = 0.0) -> bc.BioMLP:
     """A smaller BioMLP computing `model` after `prune(model, threshold)` (up to rounding), without the hidden
@@ -440,6 +476,118 @@ def compact(model: bc.BioMLP, threshold: float = 0.0) -> bc.BioMLP:
             new.in_coords, new.out_coords = old.in_coords[keep[l]], old.out_coords[keep[l + 1]]
             new.dist = bc.manhattan(new.out_coords, new.in_coords)
     return small
+
+# -- Circuits against ground truth -------------------------------------------------------------------
+class Planted(NamedTuple):
+    """A network whose circuit is known (`planted_mlp`): inputs x (B, n_in) on [-1, 1], metric(output (B, n_out))
+    -> scalar, and per graph edge the (out, in) bool mask of the planted connections."""
+    model: bc.BioMLP
+    x: torch.Tensor
+    metric: Callable
+    labels: list
+
+def planted_mlp(shape, inputs=(0, 2), output: int = 0, tiny: float = 1e-3, batch: int = 256,
+                seed: int = 0) -> Planted:
+    """A ReLU BioMLP whose every connection is non-zero but whose metric, mean(output[:, output] * s) with
+    s = sum of x[:, inputs], runs through one planted chain: the inputs -> one neuron per hidden layer -> the
+    output, all weights 1, every chain neuron kept in ReLU's linear range by its bias. The other hidden neurons are
+    half live, half dead. A live one reads every live neuron below at U(-2, 2) / fan-in and writes only the outputs
+    the metric ignores; a dead one has dense U(-2, 2) weights in and out, stronger than the chain's (so |w| alone
+    does not find the chain), and a bias that keeps it at 0 for every x in [-1, 1]. The rest (live neurons into
+    the chain or the read output) get tiny * N(0, 1). So ablating a dead or ignored connection changes nothing, a
+    tiny one changes the metric by O(tiny), a planted one by O(1); with a chain of at most 5 inputs each planted
+    connection carries over 10% of the signal."""
+    bc._check(isinstance(shape, (list, tuple)) and len(shape) >= 3 and all(bc._is_int(w) for w in shape)
+              and all(w >= 3 for w in shape[1:-1]), "shape", shape,
+              "a list of int layer widths with at least one hidden layer, every hidden layer at least 3 wide")
+    bc._check(isinstance(inputs, (list, tuple)) and 1 <= len(set(inputs)) == len(inputs) <= 5
+              and all(bc._is_int(i, 0, shape[0]) for i in inputs), "inputs", inputs,
+              f"1 to 5 distinct input indices in [0, {shape[0]})")
+    bc._check(bc._is_int(output, 0, shape[-1]), "output", output, f"an output index in [0, {shape[-1]})")
+    bc._number("tiny", tiny)
+    bc._int("batch", batch)
+    g = torch.Generator().manual_seed(bc._int("seed", seed, 0))
+    model = bc.BioMLP(shape, activation="relu", generator=g)
+    # per row: the chain's position(s), and which positions are live (a dead neuron's output is exactly 0)
+    chain, live = [torch.tensor(inputs)], [torch.ones(shape[0], dtype=torch.bool)]
+    for w in shape[1:-1]:
+        perm = torch.randperm(w, generator=g)
+        chain.append(perm[:1])
+        live.append(torch.zeros(w, dtype=torch.bool).index_fill_(0, perm[:(w + 1) // 2], True))
+    chain.append(torch.tensor([output]))
+    live.append(torch.ones(shape[-1], dtype=torch.bool))
+    bound = torch.ones(shape[0])  # per neuron of the row below, the largest |activation| for x in [-1, 1]
+    labels = []
+    with torch.no_grad():
+        for k, lin in enumerate(model.linears):
+            n_out, n_in = lin.weight.shape
+            into_chain = torch.zeros(n_out, dtype=torch.bool).index_fill_(0, chain[k + 1], True)
+            planted = into_chain[:, None] & torch.zeros(n_in, dtype=torch.bool).index_fill_(0, chain[k], True)
+            dense = torch.rand(n_out, n_in, generator=g) * 4 - 2
+            w = torch.where(into_chain[:, None], tiny * torch.randn(n_out, n_in, generator=g),
+                            dense / int(live[k].sum()))  # live -> live, off the chain
+            w = torch.where(planted, 1.0, w)
+            w = torch.where(~live[k + 1][:, None] | ~live[k][None, :], dense, w)  # dead: dense, carry nothing
+            reach = w.abs() @ bound
+            last = k == len(model.linears) - 1
+            bias = torch.zeros(n_out) if last else torch.where(live[k + 1], reach + 1, -reach - 1)
+            lin.weight.copy_(w)
+            lin.bias.copy_(bias)
+            bound = torch.where(live[k + 1], reach + bias.abs(), 0.0)
+            labels.append(planted)
+    x = torch.rand(batch, shape[0], generator=g) * 2 - 1
+    s = x[:, list(inputs)].sum(1)
+    return Planted(model, x, lambda out: (out[:, output] * s).mean(), labels)
+
+def _scored(scores, labels) -> tuple[np.ndarray, np.ndarray]:
+    """Flat float scores and bool labels from per-edge lists of (out, in) tensors (None: an identity edge,
+    skipped), as `edge_attribution` and `Circuit.masks` give them, or from two arrays of one length."""
+    def per_edge(vs):  # a list of tensors and Nones, not a list of numbers
+        return isinstance(vs, (list, tuple)) and any(v is None or np.ndim(v) > 0 for v in vs)
+
+    def flat(vs):
+        if per_edge(vs):
+            parts = [np.asarray(v, dtype=float).ravel() for v in vs if v is not None]
+            return np.concatenate(parts) if parts else np.zeros(0)
+        return np.asarray(vs, dtype=float).ravel()
+
+    if per_edge(scores) and per_edge(labels):
+        shapes = [[None if v is None else tuple(np.shape(v)) for v in vs] for vs in (scores, labels)]
+        bc._check(shapes[0] == shapes[1], "the labels' per-edge shapes", shapes[1], f"those of the scores, {shapes[0]}")
+    s, y = flat(scores), flat(labels)
+    bc._check(len(s) == len(y), "the number of labels", len(y), f"the number of scores, {len(s)}")
+    bc._check(np.isfinite(s).all(), "scores", s[~np.isfinite(s)][:3], "finite numbers")
+    bc._check(np.isin(y, (0, 1)).all(), "labels", np.unique(y)[:4], "bools (True: in the true circuit)")
+    y = y.astype(bool)
+    bc._check(0 < y.sum() < len(y), "labels", f"{int(y.sum())} positives of {len(y)}",
+              "at least one positive and one negative")
+    return s, y
+
+def roc_auc(scores, labels) -> float:
+    """Area under the ROC curve of scores ranking the true circuit: the chance that a connection of the circuit
+    outscores one outside it, ties counting half (the Mann-Whitney U statistic over n_pos * n_neg). scores,
+    labels: per-edge lists of (out, in) tensors (None: identity edge) or arrays (n,); a bool circuit mask
+    as scores gives (TPR + TNR) / 2, its one operating point."""
+    s, y = _scored(scores, labels)
+    _, group, counts = np.unique(s, return_inverse=True, return_counts=True)
+    rank = (np.cumsum(counts) - (counts - 1) / 2)[group]  # 1-based, ties at their mean rank
+    pos, neg = int(y.sum()), int((~y).sum())
+    return float((rank[y].sum() - pos * (pos + 1) / 2) / (pos * neg))
+
+class Roc(NamedTuple):
+    """An ROC curve: fpr, tpr (k + 1,): (0, 0), then the rates among the connections scoring at least each of the
+    k distinct scores, highest first, up to (1, 1)."""
+    fpr: np.ndarray
+    tpr: np.ndarray
+
+def roc_curve(scores, labels) -> Roc:
+    """The ROC curve of `roc_auc`'s arguments; its trapezoid area is their AUC."""
+    s, y = _scored(scores, labels)
+    order = np.argsort(-s, kind="stable")
+    s, y = s[order], y[order]
+    ends = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # the last of each run of equal scores
+    tp, fp = np.cumsum(y)[ends], np.cumsum(~y)[ends]
+    return Roc(np.r_[0, fp] / fp[-1], np.r_[0, tp] / tp[-1])
 
 # -- Plotting ----------------------------------------------------------------------------------------
 def _draw_connections(add, collection, graph: bc.Graph, masks: list, points: list, max_lw: float, **kw) -> list:
@@ -688,9 +836,63 @@ def figures_dir() -> Path:
     path.mkdir(exist_ok=True)
     return path
 
+class Interval(NamedTuple):
+    """A confidence interval [lo, hi] of a rate."""
+    lo: float
+    hi: float
+
+def wilson(k: int, n: int, z: float = 1.96) -> Interval:
+    """The Wilson score interval of a success rate k/n (z = 1.96: 95%). Unlike k/n +- z sqrt(p (1 - p) / n) it
+    keeps its coverage at small n and does not collapse to a point at k = 0 or k = n."""
+    bc._check(bc._is_int(n), "n, the number of trials,", n, "a positive int (a rate of no trials has no interval)")
+    bc._check(bc._is_int(k, 0, n + 1), "k, the number of successes,", k, f"an int in [0, n = {n}]")
+    bc._check(bc._is_real(z) and z > 0, "z", z, "a positive number (1.96 for 95%)")
+    p, z2 = k / n, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return Interval(0.0 if k == 0 else centre - half, 1.0 if k == n else centre + half)  # exact ends, not rounded
+
+class Rate(NamedTuple):
+    """k successes in n trials; str: '20% (2/10; 6-51%)', the rate, the count and its Wilson 95% interval
+    ('-' for n = 0)."""
+    k: int
+    n: int
+
+    def __str__(self):
+        if not self.n:
+            return "-"
+        lo, hi = wilson(self.k, self.n)
+        return f"{self.k / self.n:.0%} ({self.k}/{self.n}; {100 * lo:.0f}-{hi:.0%})"
+
+class ClaimRate(NamedTuple):
+    """One claim of the seed sweep: whether it holds in the authors' own run (their seed, their procedure;
+    None: not run), and per procedure its `Rate` over the swept seeds that recorded it."""
+    notebook: str
+    claim: str
+    at_authors_seed: bool | None
+    rates: dict
+
+def claim_tally(rows: list[dict]) -> list[ClaimRate]:
+    """Per claim of the seed sweep's CSV rows (dicts with notebook, seed, procedure, claim, holds), in the
+    rows' order; notes (holds '') are skipped. Every procedure of the rows gets a Rate, Rate(0, 0) if none."""
+    procedures, at, counts = sorted({r["procedure"] for r in rows}), {}, {}
+    for r in rows:
+        if not r["holds"]:
+            continue
+        key, holds = (r["notebook"], r["claim"]), r["holds"] == "True"
+        kn = counts.setdefault(key, {p: [0, 0] for p in procedures})
+        at.setdefault(key, None)
+        if r["seed"] != "authors":
+            kn[r["procedure"]][0] += holds
+            kn[r["procedure"]][1] += 1
+        elif r["procedure"] == "authors":
+            at[key] = holds
+    return [ClaimRate(*key, at[key], {p: Rate(*c) for p, c in kn.items()}) for key, kn in counts.items()]
+
 def claim_rates(notebook: str | None = None, path=None) -> str:
     """A markdown table of the seed sweep (results/claims_sweep.csv): per claim, whether it holds at the
-    authors' seed and in k of n seeds per procedure. notebook=None: all, with their names."""
+    authors' seed, and its success rate over the swept seeds per procedure, as k/n with its Wilson 95%
+    interval. notebook=None: all, with their names."""
     path = Path(path or Path(__file__).resolve().parent / "results" / "claims_sweep.csv")
     run = f"run: python studies/sweep.py --notebooks {notebook or '...'}"
     if not path.is_file():
@@ -699,16 +901,10 @@ def claim_rates(notebook: str | None = None, path=None) -> str:
         rows = [r for r in csv.DictReader(f) if r["holds"] and notebook in (None, r["notebook"])]
     if not rows:
         raise ValueError(f"{path}: no claims of notebook {notebook!r}; {run}")
-    procs, table = sorted({r["procedure"] for r in rows}), {}  # (notebook, claim) -> [at authors' seed, {proc: holds}]
-    for r in rows:
-        t = table.setdefault((r["notebook"], r["claim"]), ["-", {p: [] for p in procs}])
-        if r["seed"] != "authors":
-            t[1][r["procedure"]].append(r["holds"] == "True")
-        elif r["procedure"] == "authors":
-            t[0] = "yes" if r["holds"] == "True" else "no"
+    tally = claim_tally(rows)
     head = ["notebook"] * (notebook is None) + ["claim", "holds at the authors' seed (authors' procedure)"] + [
-        "success rate, %s procedure (k/n)" % ("authors'" if p == "authors" else p) for p in procs]
-    body = [[nb] * (notebook is None) + [claim, at] + [f"{sum(h) / len(h):.0%} ({sum(h)}/{len(h)})" if h else "-"
-                                                      for h in seeds.values()]
-            for (nb, claim), (at, seeds) in table.items()]
+        "success rate, %s procedure (k/n; Wilson 95%% interval)" % ("authors'" if p == "authors" else p)
+        for p in tally[0].rates]
+    body = [[c.notebook] * (notebook is None) + [c.claim, {True: "yes", False: "no", None: "-"}[c.at_authors_seed]]
+            + [str(r) for r in c.rates.values()] for c in tally]
     return "\n".join("| " + " | ".join(cells) + " |" for cells in [head, ["---"] * len(head), *body])

@@ -1,8 +1,9 @@
 """Benchmark: fast vs brute-force relocate on the MNIST-shaped network (784-100-100-10, grids, ring outputs).
 
 Not collected by pytest. Run: .venv/bin/python benchmarks/bench_swap.py
-The brute force is the oracle of tests/test_core.py (the authors' procedure: for every candidate swap,
-recompute the whole connection cost), run on a float64 copy so that rounding cannot fake a decision.
+The brute force is the oracle of tests/helpers.py, which tests/test_core.py uses (the authors' procedure: for
+every candidate swap, recompute the whole connection cost), run on a float64 copy so that rounding cannot fake a
+decision.
 Exits non-zero if the two procedures end in different networks.
 """
 import copy
@@ -13,9 +14,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 import bimt_core as bc  # noqa: E402
-from test_core import brute_force_relocate, float64_oracle  # noqa: E402
+from helpers import brute_force_relocate, float64_oracle  # noqa: E402
 
 COST = dict(weight_factor=2.0, l0=0.5, agg="mean", last_layer_l0_only=True)  # the MNIST cost (notebooks/mnist.ipynb)
 TOP_K = 30

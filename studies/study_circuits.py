@@ -16,7 +16,7 @@ Our clean procedure throughout (BIMTConfig defaults: float32, torch generators, 
 Tasks: modular addition p = 59 (the Fig 5 notebook's config, benchmarks/bench_circuits.py) and in-context linear
 regression (the Fig 7 transformer; 40,000 steps as in the paper, not the notebook's 16,000).
 
-Circuit discovery (bimt_core.discover_circuit) on the test set with mean ablation. Metric: modular addition, the
+Circuit discovery (bimt_seeing.discover_circuit) on the test set with mean ablation. Metric: modular addition, the
 mean log-probability of the correct class; in-context, minus the MSE of the y2 prediction (output 0 at the last
 position) to the true y2. For each trained network:
   - EAP circuits at faithfulness 0.9 and 0.99 (candidates: every non-zero weight): size and seconds;

@@ -5,6 +5,7 @@ Not collected by pytest. Run from the repository root:
     .venv/bin/python studies/sweep.py --resume             # go on after an interruption (Ctrl-C is safe)
     .venv/bin/python studies/sweep.py --notebooks two_moons --seeds 0-4 --procedures clean
     .venv/bin/python studies/sweep.py --summary            # only redraw the figure and the table from the CSV
+    .venv/bin/python studies/sweep.py --scheduler tcp://host:8786   # on a running dask cluster (docs/sweeps.md)
 
 Every notebook runs once per (seed, procedure): the seeds of --seeds and the authors' seed (SEED=None, recorded
 as seed "authors"), under the authors' procedure and our clean one, with FIGURES=False (no figure files, GIFs or
@@ -12,8 +13,8 @@ widgets). Each run writes its claims (bs.Claims) to a JSON file; as soon as the 
 to the CSV (results/claims_sweep.csv): one row per claim, plus a 'run completed' row that is False, with the
 error's last line as value, when the run raised. A run already in the CSV is replaced (or, with --resume,
 skipped). At the end, and with --summary, the sweep writes figures/claims_sweep.png and results/claims_sweep.md
-(the README table; each notebook shows its own rows with bs.claim_rates). A notebook whose `parameters` cell
-lacks one of the five names is refused before anything runs; --timeout bounds a whole run; a run that records
+(docs/robustness.md reads them; each notebook shows its own rows with bs.claim_rates). A notebook whose
+`parameters` cell lacks one of the five names is refused before anything runs; --timeout bounds a whole run; a run that records
 no claim, or another procedure than it was given, counts as failed.
 
 Why papermill rather than bare nbclient: a sweep needs parameters, and papermill (2.7.0, in requirements.txt)
@@ -27,17 +28,23 @@ does nothing, kernel start and save included, 1.5 s; one that only imports bimt_
 since `import bimt_core` (torch) takes 4.0 s in a fresh process (6 s at load 7). That import is paid by any
 runner that gives each run a fresh kernel; for the full sweep's 132 runs on 2 workers it adds about 7 minutes.
 
-Parallelism: one worker process per job (--jobs, default all cores), each executing one notebook at a time in
-its own kernel; torch runs on one thread in each (bimt_core.train pins it; OMP/MKL are pinned here for the rest).
-Runs are ordered longest-first when the CSV holds earlier durations, so the workers finish together.
+Parallelism: dask.distributed (pinned in requirements.txt). By default a LocalCluster of --jobs worker processes
+(default all cores) with one thread each; with --scheduler ADDRESS, the workers of a running dask cluster, one run
+per worker thread. A job (execute) carries the notebook itself, stripped of outputs, and returns the run's CSV
+rows, which the sweep appends as each job ends (distributed.as_completed); it executes the notebook in its own
+kernel with torch on one thread (bimt_core.train pins it; OMP/MKL are pinned in execute for the rest). The
+scheduler and each worker import this module from their own checkout (studies/ on their PYTHONPATH), and a
+worker's kernels import bimt_core from it too; it must be at the sweep's commit. Runs are submitted longest-first
+(dask's priority) when the CSV holds earlier durations, so the workers finish together.
 """
 import argparse
 import ast
+import contextlib
 import csv
 import json
 import logging
-import multiprocessing
 import os
+import platform
 import shutil
 import signal
 import statistics
@@ -47,7 +54,9 @@ import tempfile
 import textwrap
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = {"symbolic_formulas": "Fig 3", "two_moons": "Fig 4", "modular_addition": "Fig 5",
@@ -128,19 +137,25 @@ def run_rows(key: tuple, records: list[dict], seconds: float, error: str | None,
 
 
 # ----------------------------------------------------------------------------------------------------------
-# One run (in a worker process)
+# One run (on a dask worker)
 
 
-def _worker_init(log_dir: str) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it terminates the pool
-    # The kernels inherit this process's stdout and stderr: their start-up warnings (and a killed kernel's
-    # traceback) go to a log file, not over the progress bar. A run's error is in its CSV row.
-    log = os.open(Path(log_dir) / f"kernels_{os.getpid()}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-    os.dup2(log, 1)
-    os.dup2(log, 2)
-    # papermill warns on every run that it cannot parse `FAST = os.environ.get(...) == "1"`; check_notebooks
-    # has checked the parameters cell once, and a run that fails still says why in its row
-    logging.getLogger("papermill").setLevel(logging.ERROR)
+class Job(NamedTuple):
+    """One run, as a worker receives it: everything it needs except the repository, which the worker has."""
+    key: tuple[str, str, str]  # (notebook stem, seed or 'authors', procedure)
+    notebook: str              # the notebook's JSON, outputs stripped: no worker reads the sweep's own files
+    fast: bool
+    timeout: float             # seconds the whole run may take
+    commit: str                # the sweep's checkout (git_commit); a worker at another commit refuses the job
+
+
+class Run(NamedTuple):
+    """What a worker sends back when a run ends."""
+    key: tuple[str, str, str]
+    rows: list[dict]           # the run's CSV rows (run_rows)
+    seconds: float
+    error: str | None          # the error's last line; None: the run completed
+    executed: str | None       # the executed notebook's JSON when the run failed (what went wrong); else None
 
 
 def last_line(error: BaseException) -> str:
@@ -150,41 +165,70 @@ def last_line(error: BaseException) -> str:
     return textwrap.shorten(f"{ename}: {message}", 300, placeholder=" ...")
 
 
-def execute(job: dict) -> tuple:
-    """Run one notebook with papermill -> (key, CSV rows, seconds, error or None, executed notebook kept or None).
-    --timeout bounds the whole run: each cell may take what is left of it (nbclient's timeout_func)."""
+def strip_outputs(path: Path) -> str:
+    """A notebook's JSON without its outputs: what papermill needs, 30-50 kB instead of the committed figures'
+    0.1-2 MB, sent once per job."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    return nbformat.writes(nb)
+
+
+def execute(job: Job) -> Run:
+    """Run one notebook with papermill on this worker, in a scratch folder that is removed afterwards.
+    --timeout bounds the whole run: each cell may take what is left of it (nbclient's timeout_func).
+    A failure inside the notebook is a result (Run.error); a worker whose checkout is at another commit than the
+    sweep's raises instead, and the sweep stops: its rows would describe code that did not run."""
+    import nbformat
     import papermill
     from nbclient.exceptions import CellTimeoutError
 
-    stem, seed, procedure = key = job["key"]
-    out = Path(job["tmp"]) / f"{stem}_seed{seed}_{procedure}.ipynb"
-    claims_json = out.with_suffix(".json")
-    claims_json.unlink(missing_ok=True)
-    params = dict(SEED=None if seed == AUTHORS_SEED else int(seed), PROCEDURE=procedure, FAST=job["fast"],
-                  FIGURES=False, CLAIMS_JSON=str(claims_json))
-    start, deadline, error = time.perf_counter(), time.monotonic() + job["timeout"], None
-    try:
-        papermill.execute_notebook(Path(job["dir"]) / f"{stem}.ipynb", out, parameters=params, cwd=job["dir"],
-                                   kernel_name="python3", progress_bar=False,
-                                   timeout_func=lambda cell: max(1.0, deadline - time.monotonic()))
-    except CellTimeoutError:
-        error = f"TimeoutError: the run took longer than --timeout {job['timeout']} s"
-    except Exception as e:  # a failed run is a result: record it and go on
-        error = last_line(e)
-    seconds = time.perf_counter() - start
-    try:  # Claims rewrites the whole list at every record; a run killed mid-write leaves no readable list
-        records = json.loads(claims_json.read_text())
-    except (OSError, ValueError):
-        records = []
-    procedures = {r.get("procedure") for r in records} - {procedure}
-    if error is None and not records:
-        error = "the run recorded no claims: does the notebook pass CLAIMS_JSON to bs.Claims?"
-    elif error is None and procedures:
-        error = f"the notebook recorded procedure {procedures.pop()!r}, not the {procedure!r} it was given"
-    claims_json.unlink(missing_ok=True)
-    if error is None:
-        out.unlink(missing_ok=True)
-    return key, run_rows(key, records, seconds, error, job["commit"]), seconds, error, None if error is None else out
+    here = git_commit()
+    if here != job.commit:
+        raise RuntimeError(f"the worker on {platform.node()} has {ROOT} at commit {here}, the sweep runs commit "
+                           f"{job.commit}: check out the sweep's commit there (and commit local changes first)")
+    # Inherited by the kernel: one thread for BLAS/OpenMP (the worker's other jobs share the cores), and this
+    # checkout's bimt_core ahead of any other install of it
+    paths = [str(ROOT)] + os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+                      PYTHONPATH=os.pathsep.join(dict.fromkeys(filter(None, paths))))
+    # papermill warns on every run that it cannot parse `FAST = os.environ.get(...) == "1"`; check_notebooks
+    # has checked the parameters cell once, and a run that fails still says why in its row
+    logging.getLogger("papermill").setLevel(logging.ERROR)
+    stem, seed, procedure = job.key
+    with tempfile.TemporaryDirectory(prefix="bimt_sweep_") as scratch:
+        out, claims_json = Path(scratch) / f"{stem}.ipynb", Path(scratch) / "claims.json"
+        params = dict(SEED=None if seed == AUTHORS_SEED else int(seed), PROCEDURE=procedure, FAST=job.fast,
+                      FIGURES=False, CLAIMS_JSON=str(claims_json))
+        start, deadline, error = time.perf_counter(), time.monotonic() + job.timeout, None
+        try:
+            # The kernel starts in the scratch folder (nbclient's resources path; papermill's own cwd= would
+            # chdir the whole worker process, under its other threads' runs). It writes to the worker's terminal
+            # (for a LocalCluster, the sweep's): errors only, so that start-up warnings do not run over the bar.
+            papermill.execute_notebook(nbformat.reads(job.notebook, as_version=4), out, parameters=params,
+                                       kernel_name="python3", language="python", progress_bar=False,
+                                       resources={"metadata": {"path": scratch}},
+                                       extra_arguments=["--IPKernelApp.log_level=ERROR"],
+                                       timeout_func=lambda cell: max(1.0, deadline - time.monotonic()))
+        except CellTimeoutError:
+            error = f"TimeoutError: the run took longer than --timeout {job.timeout} s"
+        except Exception as e:  # a failed run is a result: record it and go on
+            error = last_line(e)
+        seconds = time.perf_counter() - start
+        try:  # Claims rewrites the whole list at every record; a run killed mid-write leaves no readable list
+            records = json.loads(claims_json.read_text())
+        except (OSError, ValueError):
+            records = []
+        procedures = {r.get("procedure") for r in records} - {procedure}
+        if error is None and not records:
+            error = "the run recorded no claims: does the notebook pass CLAIMS_JSON to bs.Claims?"
+        elif error is None and procedures:
+            error = f"the notebook recorded procedure {procedures.pop()!r}, not the {procedure!r} it was given"
+        executed = out.read_text() if error is not None and out.is_file() else None
+    return Run(job.key, run_rows(job.key, records, seconds, error, job.commit), seconds, error, executed)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -230,7 +274,37 @@ def median_seconds(rows: list[dict]) -> dict:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+@contextlib.contextmanager
+def connect(scheduler: str | None, workers: int) -> Iterator:
+    """Yields a dask Client of the running cluster at `scheduler`, or of a LocalCluster of `workers` processes
+    with one thread each, closed on leaving. A worker thread runs one job, so one kernel, at a time."""
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        try:
+            client = Client(scheduler)
+        except OSError as e:
+            sys.exit(f"--scheduler {scheduler}: no dask scheduler answered ({e}); start one with `dask scheduler` "
+                     f"and pass the address it prints, e.g. tcp://host:8786")
+        with client:
+            yield client
+        return
+    # The worker processes inherit an ignored Ctrl-C: it is the sweep's, which then closes the cluster (else every
+    # worker prints its own KeyboardInterrupt). Dask's errors are shown, not its warnings: on a busy machine they
+    # are about slow event loops and slow shutdowns, over the progress bar. No dashboard: it needs bokeh, which
+    # requirements.txt leaves out.
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                               silence_logs=logging.ERROR)
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    with cluster, Client(cluster) as client:
+        yield client
+
+
 def sweep(args) -> None:
+    from distributed import as_completed
     from tqdm import tqdm
 
     check_notebooks(args.notebook_dir, args.notebooks)
@@ -247,37 +321,50 @@ def sweep(args) -> None:
             write_rows(args.out, [r for r in old if run_key(r) not in replaced])
     longest = median_seconds(old)
     todo.sort(key=lambda k: -longest.get((k[0], k[2]), float("inf")))  # unknown durations first
-    # Inherited by every kernel: one thread for BLAS/OpenMP, and this checkout's bimt_core before any other.
-    paths = [str(ROOT)] + os.environ.get("PYTHONPATH", "").split(os.pathsep)
-    os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-                      PYTHONPATH=os.pathsep.join(dict.fromkeys(filter(None, paths))))
     print(f"runs to do: {len(todo)} of {len(keys)} (notebooks {' '.join(args.notebooks)}; seeds {' '.join(seeds)}; "
           f"procedures {' '.join(args.procedures)}); the other {len(keys) - len(todo)} are already in {args.out}")
     if not todo:
         return
     commit, tmp = git_commit(), tempfile.mkdtemp(prefix="bimt_sweep_")
-    print(f"FAST={args.fast}, FIGURES=False, timeout {args.timeout:.0f} s per run; {min(args.jobs, len(todo))} "
-          f"worker processes on {os.cpu_count()} cores, one kernel each; torch 1 thread per kernel (bimt_core.train), "
-          f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} MKL_NUM_THREADS={os.environ['MKL_NUM_THREADS']}")
-    print(f"python {sys.executable}; PYTHONPATH={os.environ['PYTHONPATH']}; commit {commit}; kernel logs and "
-          f"the executed notebooks of failed runs go to {tmp}")
-    jobs = [dict(key=k, dir=str(args.notebook_dir), tmp=tmp, timeout=args.timeout, fast=args.fast, commit=commit)
-            for k in todo]
+    notebooks = {stem: strip_outputs(args.notebook_dir / f"{stem}.ipynb") for stem in args.notebooks}
+    jobs = [Job(k, notebooks[k[0]], args.fast, args.timeout, commit) for k in todo]
+    print(f"FAST={args.fast}, FIGURES=False, timeout {args.timeout:.0f} s per run; commit {commit}; one kernel per "
+          f"job, torch on 1 thread (bimt_core.train), OMP_NUM_THREADS=MKL_NUM_THREADS=1; the executed notebooks of "
+          f"failed runs go to {tmp}")
     start, seconds, failed = time.perf_counter(), {}, 0
-    with multiprocessing.get_context("spawn").Pool(min(args.jobs, len(jobs)), _worker_init, (tmp,)) as pool:
-        try:
-            bar = tqdm(pool.imap_unordered(execute, jobs), total=len(jobs), unit="run", smoothing=0)
-            for (stem, seed, procedure), rows, secs, error, kept in bar:
-                write_rows(args.out, rows, append=True)
-                seconds.setdefault((stem, procedure), []).append(secs)
-                if error:
+    try:
+        with connect(args.scheduler, min(args.jobs, len(jobs))) as client:
+            threads = client.nthreads()
+            print(f"dask {'scheduler ' + args.scheduler if args.scheduler else 'LocalCluster'}: workers "
+                  f"{len(threads)}, threads {sum(threads.values())}" + ("" if threads else
+                  f"; the runs wait until a worker joins (`dask worker {args.scheduler}`)"))
+            # priority: dask starts the longest runs first, so that the workers finish together
+            futures = {client.submit(execute, job, pure=False, priority=len(jobs) - i): job
+                       for i, job in enumerate(jobs)}
+            bar = tqdm(as_completed(futures), total=len(jobs), unit="run", smoothing=0)
+            for future in bar:
+                stem, seed, procedure = futures[future].key
+                try:
+                    run = future.result()
+                except Exception as e:  # raised outside the notebook: a worker's fault, not a result of the run
+                    sys.exit(f"\nstopped: a worker could not run {stem} seed {seed} {procedure}: {last_line(e)}\n"
+                             f"The scheduler and the workers need this commit of the repository, with studies/ on "
+                             f"their PYTHONPATH (docs/sweeps.md). The runs that ended are in {args.out}; --resume "
+                             f"goes on.")
+                write_rows(args.out, run.rows, append=True)
+                seconds.setdefault((stem, procedure), []).append(run.seconds)
+                if run.error:
                     failed += 1
-                    bar.write(f"FAILED {stem} seed {seed} {procedure} after {secs:.0f} s: {error} ({kept})")
-                bar.set_postfix_str(f"{stem} seed {seed} {procedure} {secs:.0f} s, {failed} failed", refresh=False)
-        except KeyboardInterrupt:
-            pool.terminate()
-            sys.exit(f"\ninterrupted after {sum(map(len, seconds.values()))} of {len(jobs)} runs, all recorded in "
-                     f"{args.out}; run again with --resume to go on")
+                    kept = Path(tmp) / f"{stem}_seed{seed}_{procedure}.ipynb"
+                    if run.executed:
+                        kept.write_text(run.executed)
+                    bar.write(f"FAILED {stem} seed {seed} {procedure} after {run.seconds:.0f} s: {run.error}"
+                              + (f" ({kept})" if run.executed else ""))
+                bar.set_postfix_str(f"{stem} seed {seed} {procedure} {run.seconds:.0f} s, {failed} failed",
+                                    refresh=False)
+    except KeyboardInterrupt:
+        sys.exit(f"\ninterrupted after {sum(map(len, seconds.values()))} of {len(jobs)} runs, all recorded in "
+                 f"{args.out}; run again with --resume to go on")
     print(f"{len(jobs)} runs in {time.perf_counter() - start:.0f} s wall time, {failed} failed; median run time:")
     for (stem, procedure), secs in sorted(seconds.items()):
         print(f"  {stem:22s} {procedure:8s} {statistics.median(secs):6.1f} s  (runs: {len(secs)})")
@@ -288,22 +375,6 @@ def sweep(args) -> None:
 
 # ----------------------------------------------------------------------------------------------------------
 # The summary: README table and figure
-
-
-def claim_table(rows: list[dict]) -> list[tuple]:
-    """(notebook, claim, holds at the authors' seed under the authors' procedure (None: not run),
-    {procedure: (k, n)}) per claim, in the CSV's order; n counts the swept seeds that recorded the claim."""
-    procedures, table = sorted({r["procedure"] for r in rows}), {}
-    for r in rows:
-        if not r["holds"]:
-            continue
-        entry = table.setdefault((r["notebook"], r["claim"]), [None, {p: [0, 0] for p in procedures}])
-        if r["seed"] != AUTHORS_SEED:
-            entry[1][r["procedure"]][0] += r["holds"] == "True"
-            entry[1][r["procedure"]][1] += 1
-        elif r["procedure"] == "authors":
-            entry[0] = r["holds"] == "True"
-    return [(nb, claim, at, {p: tuple(kn) for p, kn in rates.items()}) for (nb, claim), (at, rates) in table.items()]
 
 
 def number(text: str) -> float | None:
@@ -340,34 +411,38 @@ def notes_table(rows: list[dict]) -> str:
     return "\n".join("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |" for cells in lines)
 
 
-def plot(table: list[tuple], path: Path, subtitle: str) -> None:
-    """One row per claim, grouped by notebook: a bar per procedure (the share of swept seeds at which the claim
-    holds; k/n at the right) and a mark for the authors' own run (their seed, their procedure). A notebook's
-    'run completed' row is drawn only when one of its runs crashed (the crash is what lowers the n's)."""
+def plot(table: list, path: Path, subtitle: str):
+    """One row per claim (bs.ClaimRate), grouped by notebook: a bar per procedure (the share of swept seeds at
+    which the claim holds, with its Wilson 95% interval as an error bar; k/n at the right) and a mark for the
+    authors' own run (their seed, their procedure). A notebook's 'run completed' row is drawn only when one of
+    its runs crashed (the crash is what lowers the n's). Saves the figure at path and returns it (closed)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    procedures = list(table[0][3]) if table else []
+    import bimt_seeing as bs
+
+    procedures = list(table[0].rates) if table else []
     colours = dict(zip(procedures, ["#dd8452", "#4c72b0", "#8172b3", "#55a868"]))
-    crashed = {nb for nb, claim, at, rates in table if claim == RUN_COMPLETED and
-               (at is False or any(k < n for k, n in rates.values()))}
-    items, notebook = [], None  # top to bottom: ('notebook', stem) headers and ('claim', entry) rows
+    crashed = {c.notebook for c in table if c.claim == RUN_COMPLETED and
+               (c.at_authors_seed is False or any(k < n for k, n in c.rates.values()))}
+    items, notebook = [], None  # top to bottom: ('notebook', stem) headers and ('claim', ClaimRate) rows
     for entry in table:
-        if entry[1] == RUN_COMPLETED and entry[0] not in crashed:
+        if entry.claim == RUN_COMPLETED and entry.notebook not in crashed:
             continue
-        if entry[0] != notebook:
-            notebook = entry[0]
+        if entry.notebook != notebook:
+            notebook = entry.notebook
             items.append(("notebook", notebook))
         items.append(("claim", entry))
-    labels = [textwrap.wrap(item[1], 60, max_lines=2, placeholder=" ...") for kind, item in items if kind == "claim"]
-    left, width, right, top, row = 0.3 + 0.068 * max(map(len, sum(labels, [""]))), 5.0, 1.7, 1.1, 0.36
+    labels = [textwrap.wrap(item.claim, 60, max_lines=2, placeholder=" ...") for kind, item in items if kind == "claim"]
+    left, width, right, top, row = 0.3 + 0.068 * max(map(len, sum(labels, [""]))), 5.0, 1.7, 1.3, 0.36
     height = top + row * len(items) + 0.6
     fig = plt.figure(figsize=(left + width + right, height))
     ax = fig.add_axes([left / fig.get_figwidth(), 0.6 / height, width / fig.get_figwidth(), row * len(items) / height])
     at_x = [1.03 + i * 0.6 / width for i in range(len(procedures) + 1)]  # text columns right of the bars, 0.6 in
     side = ax.get_yaxis_transform()  # x in axes units, y in rows
     bar = 0.76 / max(1, len(procedures))
+    errors = {p: [] for p in procedures}  # (y, rate, lo, hi) of each bar with n > 0
     for y, (kind, item) in enumerate(items):
         if kind == "notebook":
             ax.text(-0.02, y, f"{NOTEBOOKS[item]}: {item}" if item in NOTEBOOKS else item, transform=side,
@@ -375,17 +450,24 @@ def plot(table: list[tuple], path: Path, subtitle: str) -> None:
             if y:
                 ax.axhline(y - 0.5, color="0.75", lw=0.8, clip_on=False, xmin=-left / width, xmax=1 + right / width)
             continue
-        nb, claim, at, rates = item
-        ax.text(-0.02, y, "\n".join(textwrap.wrap(claim, 60, max_lines=2, placeholder=" ...")), transform=side,
-                ha="right", va="center", fontsize=9, color="0.45" if claim == RUN_COMPLETED else "black",
-                style="italic" if claim == RUN_COMPLETED else "normal")
-        for i, (p, (k, n)) in enumerate(rates.items()):
-            ax.barh(y + (i - (len(procedures) - 1) / 2) * bar, k / n if n else 0, height=bar * 0.92, color=colours[p])
+        ax.text(-0.02, y, "\n".join(textwrap.wrap(item.claim, 60, max_lines=2, placeholder=" ...")), transform=side,
+                ha="right", va="center", fontsize=9, color="0.45" if item.claim == RUN_COMPLETED else "black",
+                style="italic" if item.claim == RUN_COMPLETED else "normal")
+        for i, (p, (k, n)) in enumerate(item.rates.items()):
+            y_bar = y + (i - (len(procedures) - 1) / 2) * bar
+            ax.barh(y_bar, k / n if n else 0, height=bar * 0.92, color=colours[p])
+            if n:
+                errors[p].append((y_bar, k / n, *bs.wilson(k, n)))
             ax.text(at_x[i], y, f"{k}/{n}" if n else "-", transform=side, ha="left", va="center", fontsize=9,
                     color=colours[p], weight="bold")
-        mark, colour = {True: ("\u2713", "#2f855a"), False: ("\u2717", "#c53030"), None: ("-", "0.5")}[at]
+        mark, colour = {True: ("\u2713", "#2f855a"), False: ("\u2717", "#c53030"), None: ("-", "0.5")}[item.at_authors_seed]
         ax.text(at_x[-1] + 0.03, y, mark, transform=side, ha="center", va="center", fontsize=13,
                 color=colour, weight="bold")
+    for p, bars in errors.items():
+        if bars:
+            ys, rates, los, his = zip(*bars)  # one errorbar container per procedure, in procedure order
+            ax.errorbar(rates, ys, xerr=[[r - lo for r, lo in zip(rates, los)], [hi - r for r, hi in zip(rates, his)]],
+                        fmt="none", ecolor="0.15", elinewidth=0.9, capsize=2)
     for i, p in enumerate(procedures):
         ax.text(at_x[i], -0.6, procedure_label(p), transform=side, ha="left", va="bottom", fontsize=8, color=colours[p])
     ax.text(at_x[-1] + 0.03, -0.6, "authors'\nrun", transform=side, ha="center", va="bottom",
@@ -408,6 +490,7 @@ def plot(table: list[tuple], path: Path, subtitle: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return fig
 
 
 def summarize(csv_path: Path, figure: Path, table_path: Path) -> None:
@@ -422,13 +505,14 @@ def summarize(csv_path: Path, figure: Path, table_path: Path) -> None:
     swept = f"{len(seeds)} seeds ({f'{seeds[0]}-{seeds[-1]}' if contiguous else ', '.join(map(str, seeds))})"
     table_path.parent.mkdir(parents=True, exist_ok=True)
     table_path.write_text(
-        f"Claims over up to {swept} per procedure (k/n: the runs of each notebook that recorded the claim), and at "
-        f"the authors' seed (generated by studies/sweep.py from "
-        f"{csv_path.name}).\n\n{bs.claim_rates(path=csv_path)}\n\nMeasured values (no pass/fail):\n\n"
+        f"Claims over up to {swept} per procedure (k/n: the runs of each notebook that recorded the claim, with "
+        f"the Wilson 95% interval of the success rate), and at the authors' seed (generated by studies/sweep.py "
+        f"from {csv_path.name}).\n\n{bs.claim_rates(path=csv_path)}\n\nMeasured values (no pass/fail):\n\n"
         f"{notes_table(rows)}\n")
-    plot(claim_table(rows), figure, f"Bars: share of the swept seeds (up to {swept}) at which each claim holds, per procedure.  "
-                                    f"\u2713 / \u2717: it holds / fails in the authors' own run (their seed, "
-                                    f"their procedure).")
+    plot(bs.claim_tally(rows), figure,
+         f"Bars: share of the swept seeds (up to {swept}) at which each claim holds, per procedure; whiskers: its "
+         f"Wilson 95% interval.\n\u2713 / \u2717: it holds / fails in the authors' own run (their seed, their "
+         f"procedure).")
     print(f"wrote {table_path} and {figure}")
 
 
@@ -440,7 +524,11 @@ def main(argv=None) -> None:
     parser.add_argument("--authors-seed", action=argparse.BooleanOptionalAction, default=True,
                         help="also run SEED=None once per notebook and procedure (seed 'authors')")
     parser.add_argument("--procedures", nargs="+", default=["authors", "clean"], choices=["authors", "clean"])
-    parser.add_argument("--jobs", type=int, default=os.cpu_count(), help="worker processes (default: all cores)")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count(),
+                        help="worker processes of the LocalCluster, one run each at a time (default: all cores)")
+    parser.add_argument("--scheduler", metavar="ADDRESS",
+                        help="run on the dask cluster at ADDRESS (e.g. tcp://host:8786) instead of a LocalCluster; "
+                             "its workers need this commit of the repository (docs/sweeps.md)")
     parser.add_argument("--out", type=Path, help="the CSV (default results/claims_sweep.csv)")
     parser.add_argument("--resume", action="store_true", help="skip the runs already in --out")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds one run may take (default 1800)")
@@ -455,6 +543,8 @@ def main(argv=None) -> None:
         args.seeds = parse_seeds(args.seeds)
     except argparse.ArgumentTypeError as e:
         parser.error(str(e))
+    if args.jobs < 1:
+        parser.error(f"--jobs {args.jobs}: expected at least 1 worker process")
     fast = "_fast" * args.fast  # a development sweep never overwrites the committed results
     args.out = args.out or ROOT / "results" / f"claims_sweep{fast}.csv"
     args.figure = args.figure or ROOT / "figures" / f"claims_sweep{fast}.png"
@@ -465,4 +555,8 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Run as the module `sweep`, not as `__main__`: dask then sends the job function by reference, and each worker
+    # imports it, with ROOT and git_commit, from its own checkout rather than receiving a copy of this one's
+    import sweep
+
+    sweep.main()

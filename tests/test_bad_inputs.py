@@ -7,17 +7,13 @@ was knocked out nowhere).
 """
 import gzip
 
-import matplotlib
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-import bimt_core as bc  # noqa: E402
+import bimt_core as bc
 import bimt_seeing as bs
 
 nan = float("nan")
@@ -56,12 +52,6 @@ class ListGraph(bc.SwappableModel):
 def layer_with(index, role="incoming", attr="weight", dim=0):
     m = mlp()
     bc.NeuronLayer("h", 6).add(m.linears[0], attr, dim, index, role)
-
-
-@pytest.fixture(autouse=True)
-def close_figures():
-    yield
-    plt.close("all")
 
 
 def check(call, exc, match):
@@ -149,10 +139,10 @@ def test_cost_and_relocate(call, exc, match):
 
 
 def enter(**kw):
-    """Enter an intervention on a fresh model (the checks run on entry)."""
+    """Enter an intervention on a fresh model: the checks run on entry, so the body is never reached."""
     model = kw.pop("model", None) or mlp()
     with bs.intervene(model, **kw):
-        pass
+        pytest.fail(f"intervene accepted {kw}")
 
 
 @pytest.mark.parametrize("call, exc, match", [
@@ -216,6 +206,10 @@ def lin(i):
     (lambda: bc.Graph(rows(), [("e", nn.Linear(4, 6), 0, 1)]), TypeError, r"edge 0 \('e'\): linear must be a BioLinear"),
     (lambda: bc.Graph(rows(), [("e", lin(0), 0, 1, torch.tensor([0, 1, 2, 9]))]), ValueError,
      r"edge 0 \('e'\): cols must be None or a tensor of positions in \[0, 4\)"),
+    (lambda: bc.Graph([*rows()[:2], bc.Row("hidden1", torch.rand(6, 1)), rows()[2]],
+                      [("e", lin(0), 0, 1), ("s", None, 1, 2), ("f", lin(1), 2, 3)]), ValueError,
+     r"a graph's row names must be unique \(rows are looked up by name\); \['hidden1'\] repeat, got \['input', "
+     r"'hidden1', 'hidden1', 'output'\]"),
     (lambda: bc.Row("input", torch.rand(4, 1), "input"), ValueError,
      r"row 'input': caller must be the caller's index at each of its 4 positions \(input and output rows\), got None"),
 ])
@@ -337,5 +331,7 @@ def test_checks_accept_what_they_should():
     assert bc.BIMTConfig(steps=np.int64(5), lr=np.float32(1e-3)).steps == 5
     assert bs.Claims().check("holds", torch.tensor(True)) and not bs.Claims().check("fails", np.bool_(False))
     assert bs.analyze(mlp(), np.float64(0.5)).threshold == 0.5
-    with bs.intervene(mlp(), neurons={"hidden1": []}, value=float("inf")):  # no positions, any number
-        pass
+    m, x = mlp(), torch.rand(3, 4, generator=torch.Generator().manual_seed(0))
+    y = m(x)
+    with bs.intervene(m, neurons={"hidden1": []}, value=float("inf")):  # no positions, any number: no change
+        assert torch.equal(m(x), y)

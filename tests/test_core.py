@@ -1,7 +1,6 @@
 """Core tests: every check has an oracle (the unswapped model, a naive double loop, brute-force relocation)."""
 import copy
 import dataclasses
-import math
 
 import numpy as np
 import pytest
@@ -9,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import bimt_core as bc
+from helpers import assert_same_relocation, tiny_task
 
 # Each kind of MLP in the paper: (constructor kwargs, input maker).
 KINDS = {
@@ -266,47 +266,6 @@ def test_state_dict_round_trip_restores_everything():
 
 # ---------------------------------------------------------------------------------------------- relocate
 
-def brute_force_relocate(model, top_k, follow="neurons", **cost_kwargs):
-    """Oracle: the authors' procedure. For each candidate, swap, recompute the WHOLE cost, swap back.
-    A swap must beat the current cost by SWAP_TOL of the starting total (bimt_core.relocate's rule).
-    follow 'neurons': visit each ranked unit where it now is; 'positions': the position it was ranked at."""
-    swaps = 0
-    tol = bc.SWAP_TOL * bc.connection_cost(model, **cost_kwargs).item()
-    for li, nl in enumerate(model.neuron_layers()):
-        if nl.fixed or nl.n_units < 2:
-            continue
-        score = torch.zeros(nl.n_units, dtype=torch.float64)
-        for m in nl.members:
-            if m.role is not None:
-                w = getattr(m.module, m.attr).detach().abs().double()
-                for u in range(nl.n_units):
-                    score[u] += w.index_select(m.dim, m.index[:, u]).sum()
-        order = torch.argsort(score, descending=True, stable=True)[:top_k].tolist()
-        where = list(range(nl.n_units))
-        for u in order:
-            j = where[u] if follow == "neurons" else u
-            base = bc.connection_cost(model, **cost_kwargs).item()
-            costs = []
-            for k in range(nl.n_units):
-                if k == j:
-                    costs.append(math.inf)
-                    continue
-                model.swap(li, j, k)
-                costs.append(bc.connection_cost(model, **cost_kwargs).item())
-                model.swap(li, j, k)
-            k = min(range(nl.n_units), key=costs.__getitem__)
-            if costs[k] < base - tol:
-                model.swap(li, j, k)
-                moved = {v: p for v, p in enumerate(where)}
-                for v, p in moved.items():
-                    if p == j:
-                        where[v] = k
-                    elif p == k:
-                        where[v] = j
-                swaps += 1
-    return swaps
-
-
 def trained(kind, steps=60, seed=0, **over):
     """A briefly trained model, so that weights are not i.i.d. and swaps matter."""
     m = make(kind, seed=seed, **over)
@@ -319,29 +278,6 @@ def trained(kind, steps=60, seed=0, **over):
         loss.backward()
         opt.step()
     return m
-
-
-def float64_oracle(m):
-    """A float64 copy of m that keeps m's own (float32-rounded) geometry, so that both see the same lengths:
-    .double() alone would recompute them exactly, and the two would then be different cost functions."""
-    oracle = copy.deepcopy(m).double()
-    for a, b in zip(bc._linears(m), bc._linears(oracle)):
-        b.in_coords, b.out_coords, b.dist = a.in_coords.double(), a.out_coords.double(), a.dist.double()
-    return oracle
-
-
-def assert_same_relocation(m, top_k, follow="neurons", **kw):
-    oracle = float64_oracle(m)
-    n_fast = bc.relocate(m, top_k, follow=follow, **kw)
-    n_brute = brute_force_relocate(oracle, top_k, follow, **kw)
-    assert n_fast == n_brute
-    for (name, a), (_, b) in zip(m.state_dict().items(), oracle.state_dict().items()):
-        if a.is_floating_point():
-            assert torch.equal(a.double(), b), name  # the same swaps move the same float32 values
-        else:
-            assert torch.equal(a, b), name
-    assert bc.connection_cost(m, **kw).item() == pytest.approx(bc.connection_cost(oracle, **kw).item(), rel=1e-6)
-    return n_fast
 
 
 @pytest.mark.parametrize("follow", ["neurons", "positions"])
@@ -401,12 +337,6 @@ def test_swap_without_optimizer_leaves_adam_state_at_its_positions():
 
 # ---------------------------------------------------------------------------------------------- training
 
-def tiny_task(n=64, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(n, 4, generator=g) * 2 - 1
-    return x, torch.stack([(x[:, 0] + x[:, 2]) ** 3, x[:, 1] ** 2 + torch.sin(math.pi * x[:, 3])], 1)
-
-
 def test_lambda_schedule_and_bias_switch():
     cfg = bc.BIMTConfig(steps=100, lam=1e-3, lam_schedule=((0.25, 10.0), (0.75, 0.1)), bias_penalty_from=0.75)
     assert [cfg.lam_at(s) for s in (0, 24, 25, 74, 75, 99)] == pytest.approx([1e-3, 1e-3, 1e-2, 1e-2, 1e-3, 1e-3])
@@ -430,12 +360,22 @@ def test_same_seed_gives_identical_history():
 
 
 def test_train_calls_snapshots_and_records_metric():
-    seen = []
-    cfg = bc.BIMTConfig(steps=30, eval_every=10, swap=False)
-    x, y = tiny_task()
-    bc.train(make("line"), cfg, (x, y), (x, y), F.mse_loss, metric_fn=lambda o, t: 0.5,
-             snapshot_fn=lambda step, model: seen.append(step), snapshot_every=10, progress=False)
-    assert seen == [0, 10, 20, 29]
+    # oracle: the metric recomputed on the test data from the snapshot taken at the same step
+    snaps = []
+    cfg = bc.BIMTConfig(steps=30, eval_every=10, swap_every=10, top_k=2)
+    train, test = tiny_task(seed=0), tiny_task(n=32, seed=1)
+    model = make("line")
+    hist = bc.train(model, cfg, train, test, F.mse_loss, metric_fn=lambda o, t: (o - t).abs().mean(),
+                    snapshot_fn=lambda step, m: snaps.append((step, copy.deepcopy(m.state_dict()))),
+                    snapshot_every=10, progress=False)
+    assert [step for step, _ in snaps] == hist["step"] == [0, 10, 20, 29]
+    recomputed = []
+    for _, state in snaps:
+        model.load_state_dict(state)
+        with torch.no_grad():
+            recomputed.append((model(test[0]) - test[1]).abs().mean().item())
+    assert hist["metric"] == pytest.approx(recomputed, rel=1e-6)
+    assert len(set(hist["metric"])) == 4  # the metric follows the training, not a constant
 
 
 def test_a_diverging_run_stops_with_step_lambda_and_both_loss_terms():

@@ -1,22 +1,19 @@
-"""BIMT on an architecture of one's own, through the public protocol only (README: "A custom architecture").
+"""BIMT on an architecture of one's own, through the public protocol only (docs/custom-architectures.md).
 
 SkipMLP is no BioMLP chain: an input linear writes a residual stream, an MLP block adds to it through a skip
 connection, an output linear reads it. Oracles: the unswapped model's outputs, brute-force relocation, weights
 set by hand, segments counted by hand.
 """
-import matplotlib
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from matplotlib.collections import LineCollection  # noqa: E402
-
-import bimt_core as bc  # noqa: E402
+import bimt_core as bc
 import bimt_seeing as bs
-from test_core import assert_same_relocation  # noqa: E402  (brute_force_relocate on a float64_oracle)
+from helpers import assert_same_relocation, n_segments, set_weights
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class SkipMLP(bc.SwappableModel):
@@ -102,15 +99,6 @@ def trained(seed=0):
     return m
 
 
-@pytest.fixture(autouse=True)
-def one_thread_and_no_figures():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-    plt.close("all")
-
-
 def test_random_swaps_preserve_the_function():
     m = make()
     x = inputs()
@@ -137,17 +125,6 @@ def test_relocate_equals_brute_force(seed, follow):
     assert assert_same_relocation(m, 4, follow, **kw) > 0
     assert bc.connection_cost(m, **kw).item() < cost0
     assert torch.allclose(m(x), ref, atol=1e-5, rtol=1e-4)
-
-
-def set_weights(m, entries):
-    """Zero every weight and bias, then set {(linear name, out, in): value}."""
-    with torch.no_grad():
-        for lin in bc._linears(m):
-            lin.weight.zero_()
-            lin.bias.zero_()
-        for (name, o, i), v in entries.items():
-            getattr(m, name).weight[o, i] = v
-    return m
 
 
 def two_modules():
@@ -193,9 +170,7 @@ def test_train_relocates_and_activations_follow_the_graph():
 
 def test_plot_network_draws_every_connection_and_the_skip():
     ax = bs.plot_network(two_modules(), in_labels=list("abcd"), out_labels=["y0", "y1"])
-    ax.figure.canvas.draw()
-    segments = sum(len(c.get_segments()) for c in ax.collections if isinstance(c, LineCollection))
-    assert segments == 8 + 6  # the hand-set weights and the six identity connections of the skip
+    assert n_segments(ax) == 8 + 6  # the hand-set weights and the six identity connections of the skip
     assert [t.get_text() for t in ax.get_yticklabels()] == ["input", "residual", "hidden", "residual'", "output"]
     assert sorted(t.get_text() for t in ax.texts) == ["a", "b", "c", "d", "y0", "y1"]
 

@@ -12,12 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import bimt_core as bc
-
-
-def tiny_task(n=64, seed=0, dtype=torch.float32):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(n, 4, generator=g, dtype=dtype) * 2 - 1
-    return x, torch.stack([(x[:, 0] + x[:, 2]) ** 3, x[:, 1] ** 2 + torch.sin(math.pi * x[:, 3])], 1)
+from helpers import tiny_task
 
 
 def test_float64_model_draws_the_same_init_as_a_float64_default_dtype():
@@ -189,8 +184,17 @@ def test_config_rejects_bad_values(kw, match):
         bc.BIMTConfig(**kw)
 
 
-def test_train_restores_the_thread_count():
-    before = torch.get_num_threads()
-    bc.train(bc.BioMLP([4, 5, 2]), bc.BIMTConfig(steps=3, threads=1), tiny_task(), tiny_task(), F.mse_loss,
-             progress=False)
-    assert torch.get_num_threads() == before
+@pytest.mark.parametrize("threads", [1, 2, None])
+def test_train_uses_cfg_threads_and_restores_the_count(threads):
+    # The caller's count differs from cfg.threads, so that neither using nor restoring it can pass by default;
+    # metric_fn runs inside train and reports the count there. None: train leaves the caller's count.
+    before, outside = torch.get_num_threads(), 3
+    torch.set_num_threads(outside)
+    try:
+        hist = bc.train(bc.BioMLP([4, 5, 2]), bc.BIMTConfig(steps=3, eval_every=1, threads=threads), tiny_task(),
+                        tiny_task(), F.mse_loss, metric_fn=lambda o, t: torch.get_num_threads(), progress=False)
+        after = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+    assert hist["metric"] == [threads or outside] * 3
+    assert after == outside

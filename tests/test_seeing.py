@@ -1,28 +1,18 @@
 """Seeing the modules: metrics on hand-built graphs, pruning, interventions, plots, GIFs, widgets."""
 
+import html
+
 import matplotlib
+import matplotlib.pyplot as plt
+import pytest
+import torch
+import torch.nn as nn
+from matplotlib.collections import LineCollection
+from PIL import Image
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-from matplotlib.collections import LineCollection  # noqa: E402
-from PIL import Image  # noqa: E402
-
-import bimt_core as bc  # noqa: E402
+import bimt_core as bc
 import bimt_seeing as bs
-
-
-def set_weights(model, entries):
-    """Zero every weight and bias, then set {(linear, out, in): value}."""
-    with torch.no_grad():
-        for lin in model.linears:
-            lin.weight.zero_()
-            lin.bias.zero_()
-        for (li, o, i), v in entries.items():
-            model.linears[li].weight[o, i] = v
-    return model
+from helpers import n_segments, set_weights, small_transformer
 
 
 def two_paths():
@@ -30,17 +20,6 @@ def two_paths():
     m = bc.BioMLP([4, 4, 2], generator=torch.Generator().manual_seed(0))
     return set_weights(m, {(0, 0, 0): 1.0, (0, 0, 2): -0.5, (1, 0, 0): 2.0,
                            (0, 3, 1): 1.0, (0, 3, 3): 0.3, (1, 1, 3): -1.0})
-
-
-def n_segments(ax):
-    ax.figure.canvas.draw()  # a Line3DCollection projects its segments at draw time
-    return sum(len(c.get_segments()) for c in ax.collections if isinstance(c, LineCollection))
-
-
-@pytest.fixture(autouse=True)
-def close_figures():
-    yield
-    plt.close("all")
 
 
 def test_two_disjoint_paths_are_two_modules():
@@ -299,13 +278,10 @@ def test_threshold_view_and_widgets_build():
     first = image.value
     assert first[:4] == b"\x89PNG" and "threshold 0:" in text.value
     slider.value = 0.5
-    assert image.value != first and "threshold 0.5:" in text.value
-    assert slider.description == "threshold"
-
-
-def small_transformer():
-    return bc.BioTransformer(2, 2, d_model=8, n_blocks=2, n_heads=2, d_mlp=16,
-                             generator=torch.Generator().manual_seed(0))
+    expected = bs.analyze(m, 0.5)  # oracle: the report of the network at the slider's threshold
+    expected.metric = 1.0
+    assert image.value != first and text.value == f"<pre>{html.escape(str(expected))}</pre>"
+    assert torch.equal(m.linears[0].weight, before)  # the explorer prunes for the picture only
 
 
 def test_transformer_graph_is_drawn_by_sublayer():
@@ -314,8 +290,8 @@ def test_transformer_graph_is_drawn_by_sublayer():
     per_block = 8 * 24 + 8 * 8 + 8 + 8 * 16 + 16 * 8 + 8  # qkv, attn_out (reads v), skip, mlp, skip
     assert n_segments(ax) == 2 * 8 + 2 * per_block + 8 * 2
     assert [tick.get_text() for tick in ax.get_yticklabels()] == [
-        "input", "embed", "attention0", "residual", "mlp0", "residual",
-        "attention1", "residual", "mlp1", "residual", "output"]
+        "input", "embed", "attention0", "residual0.attn", "mlp0", "residual0.mlp",
+        "attention1", "residual1.attn", "mlp1", "residual1.mlp", "output"]
     r = bs.analyze(t)
     assert r.total_connections == sum(lin.weight.numel() for lin in bc._linears(t))
     assert r.total_neurons == 2 + 8 + 2 * (8 + 8 + 16 + 8) + 2  # q|k|v of a channel is one unit
@@ -340,3 +316,34 @@ def test_transformer_modules_through_skips_and_knockouts():
         knocked = t(x)
     with bs.intervene(t, weights={5: torch.ones(8, 16, dtype=torch.bool)}):  # edge 5: blocks.0.mlp_out
         assert torch.allclose(knocked, t(x))
+
+
+def test_a_neuron_of_the_last_residual_row_is_knocked_out_by_name():
+    # Every row of a transformer's graph has its own name, so that a name reaches the row it names, not the
+    # first of several. Oracle: the forward pass written out, with neuron j zeroed where the unembedding reads it.
+    t, j = small_transformer(), 5
+    t.swap("residual", 0, j)  # positions, not the initial order, are what a knock-out names
+    x = torch.randn(3, 4, 2, generator=torch.Generator().manual_seed(2))
+    names = [r.name for r in t.graph().rows]
+    assert [n for n in names if n.startswith("residual")] == [
+        "residual0.attn", "residual0.mlp", "residual1.attn", "residual1.mlp"]
+    with torch.no_grad():
+        h = t.embed_in(t.embed(x))
+        for blk in t.blocks:
+            h = h + blk.attention(blk.ln1(h))
+            h = h + blk.mlp(blk.ln2(h))
+        zeroed = t.ln_f(h).index_fill(-1, torch.tensor([j]), 0.0)
+        oracle = t.unembed(zeroed).index_select(-1, torch.argsort(t.out_perm))
+        clean, clean_rows = t(x), t.activations(x)
+        with bs.intervene(t, neurons={"residual1.mlp": [j]}):
+            knocked, rows = t(x), t.activations(x)
+    assert torch.allclose(knocked, oracle, atol=1e-6)
+    assert not torch.allclose(knocked, clean, atol=1e-3)
+    # only the output changes: the first residual row and everything it feeds compute as before
+    assert all(torch.equal(a, b) for a, b in zip(rows[:-1], clean_rows[:-1]))
+    with torch.no_grad(), bs.intervene(t, neurons={"residual0.attn": [j]}):  # the first row: its readers change
+        first = t.activations(x)
+    assert not torch.allclose(first[names.index("mlp0")], clean_rows[names.index("mlp0")])
+    with pytest.raises(ValueError, match=r"row must be a name among \['input', 'embed', 'attention0', 'residual0"):
+        with bs.intervene(t, neurons={"residual": [j]}):
+            pytest.fail("an ambiguous row name was accepted")

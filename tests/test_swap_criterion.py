@@ -5,12 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import bimt_core as bc
-
-
-def tiny_task(n=64, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(n, 4, generator=g) * 2 - 1
-    return x, torch.stack([(x[:, 0] + x[:, 2]) ** 3, x[:, 1] ** 2 + torch.sin(torch.pi * x[:, 3])], 1)
+from helpers import tiny_task
 
 
 def run(cfg):

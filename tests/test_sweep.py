@@ -6,8 +6,9 @@ sweep's end-to-end run on synthetic notebooks is described in studies/sweep.py.
 import argparse
 
 import pytest
+from matplotlib.container import BarContainer, ErrorbarContainer
+from PIL import Image
 
-import bimt_core as bc
 import bimt_seeing as bs
 import sweep
 
@@ -51,12 +52,24 @@ mnist,0,clean,sparser than lambda 0,True,0.02,40.0,abc
 
 # Counted by hand: (holds at the authors' seed under the authors' procedure, authors' k/n, clean k/n). The
 # authors' seed under the clean procedure (accuracy False there) counts in neither column.
+COUNTS = {
+    ("two_moons", "run completed"): (True, (2, 3), (3, 3)),
+    ("two_moons", "accuracy above 0.99"): (True, (1, 2), (3, 3)),
+    ("two_moons", "few neurons"): (False, (2, 2), (1, 3)),
+    ("mnist", "run completed"): (None, (1, 1), (1, 1)),
+    ("mnist", "sparser than lambda 0"): (None, (1, 1), (1, 1)),
+}
+# Wilson 95% intervals of those k/n, by hand: centre (k/n + z^2/2n) / (1 + z^2/n), half-width
+# z sqrt(k/n (1 - k/n) / n + z^2/4n^2) / (1 + z^2/n), z = 1.96; 0 at k = 0 and 1 at k = n exactly.
+WILSON = {(2, 3): (0.2077, 0.9385), (3, 3): (0.4385, 1.0), (1, 2): (0.0945, 0.9055), (2, 2): (0.3424, 1.0),
+          (1, 3): (0.0615, 0.7923), (1, 1): (0.2065, 1.0)}
+# What the tables print: the authors' run, then per procedure the rate, k/n and the interval in whole percent.
 ORACLE = {
-    ("two_moons", "run completed"): ("yes", "67% (2/3)", "100% (3/3)"),
-    ("two_moons", "accuracy above 0.99"): ("yes", "50% (1/2)", "100% (3/3)"),
-    ("two_moons", "few neurons"): ("no", "100% (2/2)", "33% (1/3)"),
-    ("mnist", "run completed"): ("-", "100% (1/1)", "100% (1/1)"),
-    ("mnist", "sparser than lambda 0"): ("-", "100% (1/1)", "100% (1/1)"),
+    ("two_moons", "run completed"): ("yes", "67% (2/3; 21-94%)", "100% (3/3; 44-100%)"),
+    ("two_moons", "accuracy above 0.99"): ("yes", "50% (1/2; 9-91%)", "100% (3/3; 44-100%)"),
+    ("two_moons", "few neurons"): ("no", "100% (2/2; 34-100%)", "33% (1/3; 6-79%)"),
+    ("mnist", "run completed"): ("-", "100% (1/1; 21-100%)", "100% (1/1; 21-100%)"),
+    ("mnist", "sparser than lambda 0"): ("-", "100% (1/1; 21-100%)", "100% (1/1; 21-100%)"),
 }
 
 
@@ -76,7 +89,8 @@ def parse_markdown(table: str) -> tuple[list[str], list[list[str]]]:
 def test_claim_rates_of_one_notebook_match_the_hand_count(csv_path):
     head, body = parse_markdown(bs.claim_rates("two_moons", path=csv_path))
     assert head == ["claim", "holds at the authors' seed (authors' procedure)",
-                    "success rate, authors' procedure (k/n)", "success rate, clean procedure (k/n)"]
+                    "success rate, authors' procedure (k/n; Wilson 95% interval)",
+                    "success rate, clean procedure (k/n; Wilson 95% interval)"]
     assert [row[0] for row in body] == ["run completed", "accuracy above 0.99", "few neurons"]  # the run's order
     assert {("two_moons", row[0]): tuple(row[1:]) for row in body} == {
         k: v for k, v in ORACLE.items() if k[0] == "two_moons"}
@@ -95,14 +109,43 @@ def test_claim_rates_says_how_to_make_a_missing_csv(tmp_path, csv_path):
         bs.claim_rates("permutation_s4", path=csv_path)
 
 
-def test_the_figures_tally_agrees_with_the_hand_count(csv_path):
-    def rate(k, n):
-        return f"{k / n:.0%} ({k}/{n})"
+def test_the_tally_the_figure_draws_is_the_hand_count(csv_path):
+    table = bs.claim_tally(sweep.read_rows(csv_path))
+    assert {(c.notebook, c.claim): (c.at_authors_seed, tuple(c.rates["authors"]), tuple(c.rates["clean"]))
+            for c in table} == COUNTS
+    assert [c.claim for c in table[:3]] == ["run completed", "accuracy above 0.99", "few neurons"]
 
-    as_text = {True: "yes", False: "no", None: "-"}
-    table = sweep.claim_table(sweep.read_rows(csv_path))
-    assert {(nb, claim): (as_text[at], rate(*rates["authors"]), rate(*rates["clean"]))
-            for nb, claim, at, rates in table} == ORACLE
+
+@pytest.mark.parametrize("k, n, lo, hi", [
+    (2, 10, 0.0567, 0.5098), (0, 10, 0.0, 0.2775), (10, 10, 0.7225, 1.0),
+    # Newcombe (1998), Statistics in Medicine 17:857, Table I, the score method without continuity correction
+    (81, 263, 0.2553, 0.3662), (15, 148, 0.0624, 0.1605), (0, 20, 0.0, 0.1611), (1, 29, 0.0061, 0.1718),
+    *((k, n, lo, hi) for (k, n), (lo, hi) in WILSON.items()),
+])
+def test_wilson_matches_published_and_hand_computed_intervals(k, n, lo, hi):
+    interval = bs.wilson(k, n)
+    assert interval == (pytest.approx(lo, abs=5e-5), pytest.approx(hi, abs=5e-5))
+    assert interval.lo <= k / n <= interval.hi
+    assert (interval.lo == 0) == (k == 0) and (interval.hi == 1) == (k == n)  # exact ends, not rounding
+
+
+def test_wilson_narrows_with_more_trials_and_a_larger_z_widens_it():
+    assert bs.wilson(20, 100).hi - bs.wilson(20, 100).lo < bs.wilson(2, 10).hi - bs.wilson(2, 10).lo
+    assert bs.wilson(2, 10, z=2.576).lo < bs.wilson(2, 10).lo  # 99% is wider than 95%
+
+
+@pytest.mark.parametrize("args, match", [((0, 0), "positive int"), ((3, 2), r"\[0, n = 2\]"),
+                                         ((-1, 5), r"\[0, n = 5\]"), ((1.0, 2), "an int"),
+                                         ((1, 2, 0), "positive number")])
+def test_wilson_refuses_what_is_no_rate(args, match):
+    with pytest.raises(ValueError, match=match):
+        bs.wilson(*args)
+
+
+def test_a_rate_prints_its_interval_and_no_trials_print_a_dash():
+    assert str(bs.Rate(2, 10)) == "20% (2/10; 6-51%)"
+    assert str(bs.Rate(0, 10)) == "0% (0/10; 0-28%)"
+    assert str(bs.Rate(0, 0)) == "-"
 
 
 def test_notes_become_value_distributions(csv_path):
@@ -164,6 +207,21 @@ def test_a_csv_with_other_columns_is_refused(tmp_path):
         sweep.read_rows(path)
 
 
-def test_the_figure_is_drawn(tmp_path, csv_path):
-    sweep.plot(sweep.claim_table(sweep.read_rows(csv_path)), tmp_path / "f.png", "subtitle")
-    assert (tmp_path / "f.png").stat().st_size > 10_000
+def test_the_figure_draws_each_rate_with_its_wilson_interval(tmp_path, csv_path):
+    fig = sweep.plot(bs.claim_tally(sweep.read_rows(csv_path)), tmp_path / "f.png", "subtitle")
+    with Image.open(tmp_path / "f.png") as im:  # the file holds this figure, drawn, not a blank canvas
+        assert im.size == tuple(round(v * 120) for v in fig.get_size_inches())
+        assert len(im.convert("L").getcolors(maxcolors=1 << 16)) > 2
+    ax = fig.axes[0]
+    # drawn top to bottom: two_moons' three claims ('run completed' too: one of its runs crashed), then mnist's
+    # one claim ('run completed' hidden: no crash); per claim an authors' bar, then a clean one
+    drawn = [COUNTS[key] for key in [("two_moons", "run completed"), ("two_moons", "accuracy above 0.99"),
+                                     ("two_moons", "few neurons"), ("mnist", "sparser than lambda 0")]]
+    widths = [bar.get_width() for bars in ax.containers if isinstance(bars, BarContainer) for bar in bars]
+    assert widths == pytest.approx([k / n for _, *rates in drawn for k, n in rates])
+    whiskers = [ebar.lines[2][0].get_segments() for ebar in ax.containers if isinstance(ebar, ErrorbarContainer)]
+    assert len(whiskers) == 2  # one per procedure
+    for procedure, segments in enumerate(whiskers):
+        assert [tuple(s[:, 0]) for s in segments] == [
+            (pytest.approx(WILSON[kn][0], abs=5e-5), pytest.approx(WILSON[kn][1], abs=5e-5))
+            for kn in (rates[procedure + 1] for rates in drawn)]

@@ -5,18 +5,10 @@ import pytest
 import torch
 
 from bimt_core import BioLinear, BioTransformer, connection_cost, neuron_coords, relocate
-from test_core import brute_force_relocate, float64_oracle  # the oracle: every candidate, whole cost recomputed
+from helpers import brute_force_relocate, float64_oracle  # the oracle: every candidate, whole cost recomputed
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 COST = dict(weight_factor=2.0, l0=0.5, agg="mean")  # Fig 7's cost settings
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: more threads only add overhead, ~100x on a busy shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def make(n_heads=1, layer_norm=False, seed=0, **kw):

@@ -4,11 +4,12 @@ Brain-Inspired Modular Training for Mechanistic Interpretability", arXiv:2305.08
 Every neuron has a position in space. The loss pays for each connection in proportion to its length
 (`connection_cost`), and every few hundred steps neurons of a layer exchange places when that lowers the
 cost (`relocate`); a swap permutes weights, never the function the network computes. Top to bottom:
-input checks -> geometry -> layers -> models -> cost -> swapping -> training; MNIST comes from bimt_data.
+input checks -> geometry -> layers -> models -> cost -> swapping -> the data train reads -> training.
 Reading a trained network (analysis, circuits, plotting, claims) lives in bimt_seeing, which imports this module.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 import warnings
@@ -22,14 +23,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bimt_data import IDX_NAMES, MNIST_5K, MNIST_5K_SHA256, load_mnist, read_idx  # noqa: F401 (bc.load_mnist)
-from bimt_data import _batches, _finite, _loss_probe, _tensors
-
 __all__ = ["neuron_coords", "manhattan", "BioLinear", "Member", "NeuronLayer", "fold_index", "Edge", "Row", "Graph",
            "SwappableModel", "BioMLP", "from_sequential", "BioBlock", "BioTransformer", "cost_terms", "sum_terms",
            "connection_cost", "permute_units", "swap_units", "neuron_scores", "placement_costs", "SWAP_TOL", "relocate",
-           "BIMTConfig", "AUTHORS_PROCEDURE", "History", "penalty", "swap_pass", "train", "accuracy", "MNIST_5K",
-           "MNIST_5K_SHA256", "IDX_NAMES", "read_idx", "load_mnist"]  # the last five from bimt_data
+           "BIMTConfig", "AUTHORS_PROCEDURE", "History", "penalty", "swap_pass", "train", "accuracy"]
 
 # -- Input checks: each public function checks its arguments once, at its boundary, with these --------
 def _check(ok, name: str, v, expected: str, exc=ValueError):
@@ -77,8 +74,7 @@ def neuron_coords(n: int, geometry: str = "line", fold: int = 1, dtype: torch.dt
     [0, 1]^2; ring: angle 2 pi (2k+1)/(2m) on a circle of radius 1/4 about (0.5, 0.5) (MNIST's outputs)."""
     _check(_is_int(n), "layer width", n, "a positive integer")
     _check(_is_int(fold) and n % fold == 0, "fold", fold, f"a positive integer dividing the layer width {n}")
-    m = n // fold
-    k = torch.arange(m, dtype=_dtype(dtype) or torch.float32)  # in the model's precision, never cast from a coarser one
+    k = torch.arange(m := n // fold, dtype=_dtype(dtype) or torch.float32)  # the model's precision, never a cast
     if geometry == "line":
         c = ((2 * k + 1) / (2 * m))[:, None]
     elif geometry == "grid":
@@ -117,11 +113,9 @@ class BioLinear(nn.Linear):
         self._generator = generator  # read by reset_parameters, which nn.Linear.__init__ calls
         super().__init__(in_features, out_features, bias=bias, dtype=_dtype(dtype))
         del self._generator
-        self.in_fold, self.out_fold = in_fold, out_fold
-        self.in_geometry, self.out_geometry = in_geometry, out_geometry
-        self.register_buffer("in_coords", None)
-        self.register_buffer("out_coords", None)
-        self.register_buffer("dist", None, persistent=False)
+        self.in_fold, self.out_fold, self.in_geometry, self.out_geometry = in_fold, out_fold, in_geometry, out_geometry
+        for name in ("in_coords", "out_coords", "dist"):  # dist follows from the coordinates: not saved
+            self.register_buffer(name, None, persistent=name != "dist")
         self._place()
 
     def _place(self) -> None:
@@ -247,8 +241,7 @@ class Row:
         _check(self.unit.shape == (n,), where + "unit", tuple(self.unit.shape), f"one unit per position, ({n},)")
         _check(self.kind == "hidden" or torch.is_tensor(self.caller) and self.caller.shape == (n,), where + "caller",
                self.caller, f"the caller's index at each of its {n} positions (input and output rows)")
-        if self.caller is not None:
-            self.caller = self.caller.cpu()
+        self.caller = None if self.caller is None else self.caller.cpu()
 
 @dataclass
 class Graph:
@@ -351,10 +344,8 @@ class BioMLP(SwappableModel):
                "a list of layer widths, at least an input and an output")
         _check(all(map(_is_int, shape)), "shape", shape, "a list of positive int layer widths")
         _check(vocab_size is None or _is_int(vocab_size), "vocab_size", vocab_size, "a positive int or None")
-        self.shape = [int(w) for w in shape]
-        self.act = _activation(activation)
-        self.fix_inputs = fix_inputs
         _flags(fix_inputs=fix_inputs, bias=bias)
+        self.shape, self.act, self.fix_inputs = [int(w) for w in shape], _activation(activation), fix_inputs
         geos = [geometry] * (len(shape) - 1) + [out_geometry or geometry]
         dims = {"line": 1, "grid": 2, "ring": 2}
         if geos[0] in dims and geos[-1] in dims and dims[geos[0]] != dims[geos[-1]]:
@@ -394,9 +385,7 @@ class BioMLP(SwappableModel):
         rec = (record if record is not None else []).append  # references only: nothing is copied
         for i, lin in enumerate(self.linears):
             rec(h)
-            h = lin(h)
-            if i < len(self.linears) - 1:
-                h = self.act(h)
+            h = lin(h) if i == len(self.linears) - 1 else self.act(lin(h))
         rec(h)
         return h
 
@@ -475,9 +464,7 @@ class BioBlock(nn.Module):
     def __init__(self, d_model: int, n_heads: int, d_mlp: int, layer_norm: bool, bias: bool,
                  generator: torch.Generator | None, dtype: torch.dtype | None = None, activation: str = "gelu"):
         super().__init__()
-        self.n_heads = n_heads
-        self.act = _activation(activation)
-        kw = dict(generator=generator, dtype=dtype)
+        self.n_heads, self.act, kw = n_heads, _activation(activation), dict(generator=generator, dtype=dtype)
         self.ln1 = nn.LayerNorm(d_model, dtype=dtype) if layer_norm else nn.Identity()
         self.qkv = BioLinear(d_model, 3 * d_model, bias, out_fold=3, **kw)
         self.attn_out = BioLinear(d_model, d_model, bias, **kw)
@@ -485,22 +472,18 @@ class BioBlock(nn.Module):
         self.mlp_in = BioLinear(d_model, d_mlp, bias, **kw)
         self.mlp_out = BioLinear(d_mlp, d_model, bias, **kw)
 
-    def attention(self, x: torch.Tensor, rec=None) -> torch.Tensor:
+    def attention(self, x: torch.Tensor, rec=lambda t: None) -> torch.Tensor:
         """(B, T, d_model) -> what attention writes to the stream, (B, T, d_model); rec receives q|k|v."""
         B, T, C = x.shape
-        qkv = self.qkv(x)
-        if rec is not None:
-            rec(qkv)
+        rec(qkv := self.qkv(x))
         q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2)  # (B, heads, T, dh)
                    for t in qkv.split(C, dim=-1))
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.attn_out(y.transpose(1, 2).reshape(B, T, C))
 
-    def mlp(self, x: torch.Tensor, rec=None) -> torch.Tensor:
-        """rec(t), if given, receives the hidden activations (B, T, d_mlp)."""
-        h = self.act(self.mlp_in(x))
-        if rec is not None:
-            rec(h)
+    def mlp(self, x: torch.Tensor, rec=lambda t: None) -> torch.Tensor:
+        """(B, T, d_model) -> what the MLP writes to the stream; rec receives the hidden activations (B, T, d_mlp)."""
+        rec(h := self.act(self.mlp_in(x)))
         return self.mlp_out(h)
 
 class BioTransformer(SwappableModel):
@@ -520,8 +503,7 @@ class BioTransformer(SwappableModel):
         _flags(layer_norm=layer_norm, bias=bias)
         if d_model % n_heads:
             raise ValueError(f"d_model {d_model} is not divisible by n_heads {n_heads}")
-        self.in_dim, self.out_dim, self.d_model = in_dim, out_dim, d_model
-        self.n_heads, self.d_mlp = n_heads, d_mlp
+        self.in_dim, self.out_dim, self.d_model, self.n_heads, self.d_mlp = in_dim, out_dim, d_model, n_heads, d_mlp
         self.embed_in = BioLinear(in_dim, d_model, bias, generator=generator, dtype=dtype)
         self.blocks = nn.ModuleList(BioBlock(d_model, n_heads, d_mlp, layer_norm, bias, generator, dtype, activation)
                                     for _ in range(n_blocks))
@@ -534,23 +516,17 @@ class BioTransformer(SwappableModel):
         """(B, T, in_dim) caller features -> the same in internal (position) order."""
         _check(torch.is_tensor(x), "inputs", type(x).__name__, "a torch.Tensor", TypeError)
         if x.dim() != 3 or x.shape[-1] != self.in_dim:
-            raise ValueError(f"BioTransformer expects inputs of shape (batch, seq, {self.in_dim}), "
-                             f"got {tuple(x.shape)}")
+            raise ValueError(f"BioTransformer expects inputs shaped (batch, seq, {self.in_dim}), got {tuple(x.shape)}")
         return x.index_select(-1, self.in_perm)
 
     def forward_internal(self, x: torch.Tensor, record: list | None = None) -> torch.Tensor:
         """(B, T, in_dim) -> (B, T, out_dim), in position order; record receives every row's activations."""
         rec = (record if record is not None else []).append  # references only: nothing is copied
-        rec(x)
-        h = self.embed_in(x)
-        rec(h)
-        for blk in self.blocks:
-            h = h + blk.attention(blk.ln1(h), rec)
-            rec(h)
-            h = h + blk.mlp(blk.ln2(h), rec)
-            rec(h)
-        y = self.unembed(self.ln_f(h))
-        rec(y)
+        rec(x), rec(h := self.embed_in(x))
+        for blk in self.blocks:  # each block records q|k|v, the stream, the MLP's hidden row, the stream
+            rec(h := h + blk.attention(blk.ln1(h), rec))
+            rec(h := h + blk.mlp(blk.ln2(h), rec))
+        rec(y := self.unembed(self.ln_f(h)))
         return y
 
     def neuron_layers(self) -> list[NeuronLayer]:
@@ -645,14 +621,11 @@ def cost_terms(model: nn.Module, weight_factor: float = 1.0, l0: float = 0.1, ag
 
 def sum_terms(terms: list) -> torch.Tensor:
     """The cost of `cost_terms`: a scalar tensor with gradients."""
-    cost = None
-    for t, coef, factor in terms:
-        c = t.abs().sum() if coef is None else (t.abs() * coef).sum()
-        c = c if factor == 1.0 else factor * c
-        cost = c if cost is None else cost + c
-    if cost is None:
+    if not terms:
         raise ValueError("sum_terms needs the non-empty list of terms of cost_terms, got none")
-    return cost
+    costs = [(t.abs() if coef is None else t.abs() * coef).sum() for t, coef, _ in terms]
+    costs = [c if factor == 1.0 else factor * c for c, (*_, factor) in zip(costs, terms)]  # a factor of 1: no op
+    return sum(costs[1:], costs[0])
 
 def connection_cost(model: nn.Module, weight_factor: float = 1.0, l0: float = 0.1, agg: str = "sum",
                     bias_penalty: bool = False, embedding_penalty: bool = False,
@@ -720,9 +693,7 @@ def swap_units(model: nn.Module, layer, j: int, k: int,
 def neuron_scores(nl: NeuronLayer) -> torch.Tensor:
     """(n_units,) float64: sum |incoming| + sum |outgoing weights| over fold copies (an embedding: incoming)."""
     score = torch.zeros(nl.n_units, dtype=torch.float64)
-    for m in nl.members:
-        if m.role is None:
-            continue
+    for m in (m for m in nl.members if m.role is not None):  # what is only carried along has no weight
         per_pos = getattr(m.module, m.attr).detach().abs().double().sum(dim=1 - m.dim)  # (size along dim,)
         score += per_pos[m.index].sum(0).cpu()
     return score
@@ -759,8 +730,7 @@ def relocate(model: nn.Module, top_k: int, optimizer: torch.optim.Optimizer | No
     total = sum_terms(terms).item()
     if not math.isfinite(total):
         raise FloatingPointError(f"the connection cost is {total}: a weight is not finite, so no swap can be judged")
-    coefs = {t: (coef, factor) for t, coef, factor in terms if coef is not None}
-    swaps = 0
+    coefs, swaps = {t: (coef, factor) for t, coef, factor in terms if coef is not None}, 0
     for nl in layers:
         if nl.fixed or nl.n_units < 2:
             continue
@@ -768,8 +738,8 @@ def relocate(model: nn.Module, top_k: int, optimizer: torch.optim.Optimizer | No
         # once per layer at the end, which is the same as making the swaps one after another.
         P = placement_costs(nl, coefs).numpy()
         order = torch.argsort(neuron_scores(nl), descending=True, stable=True)[:top_k].tolist()
-        perm = np.arange(nl.n_units)     # perm[p]: the unit (by starting position) now at position p
-        where = np.arange(nl.n_units)    # where[u]: the position of unit u
+        # perm[p]: the unit (by starting position) now at position p; where[u]: the position of unit u
+        perm, where = np.arange(nl.n_units), np.arange(nl.n_units)
         for u in order:
             j = where[u] if follow == "neurons" else u
             delta = P[j] + P[:, j] - P[j, j] - P.diagonal()
@@ -783,6 +753,97 @@ def relocate(model: nn.Module, top_k: int, optimizer: torch.optim.Optimizer | No
         if (perm != np.arange(nl.n_units)).any():
             permute_units(model, nl, torch.from_numpy(perm), optimizer)
     return swaps
+
+# -- The data train reads: checked once, then a batch per step -------------------------------------
+def _finite(name: str, t: torch.Tensor) -> None:
+    if t.is_floating_point() and not (ok := torch.isfinite(t)).all():
+        i = tuple((~ok).nonzero()[0].tolist())
+        raise ValueError(f"{name} hold {t[i].item()} at index {i} (the first of {int((~ok).sum())}); BIMT needs "
+                         f"finite data: drop or impute those entries")
+
+def _is_pair(data) -> bool:
+    return isinstance(data, (tuple, list)) and len(data) == 2 and all(map(torch.is_tensor, data))
+
+def _batched(data) -> bool:
+    """Whether data is an iterable of (inputs, targets) batches (a DataLoader) rather than one pair of tensors."""
+    return not _is_pair(data) and not torch.is_tensor(data) and hasattr(data, "__iter__")
+
+def _pair(name: str, pair, dtype: torch.dtype, device=None) -> tuple:
+    """An (inputs, targets) pair of tensors, checked (as many of each, > 0; floats in dtype), on device."""
+    _check(_is_pair(pair), name, type(pair).__name__, "an (inputs, targets) pair of tensors, or an iterable of such "
+           "batches (a DataLoader)")
+    if len(pair[0]) != len(pair[1]) or len(pair[0]) == 0:
+        raise ValueError(f"{name}: {len(pair[0])} inputs and {len(pair[1])} targets; expected the same number, > 0")
+    for what, t in zip(("inputs", "targets"), pair):
+        if t.is_floating_point() and t.dtype != dtype:
+            raise ValueError(f"{name} {what} are {t.dtype} but the model trains in {str(dtype)[6:]}; convert them "
+                             f"with .to({dtype})")
+    return pair[0].to(device), pair[1].to(device)
+
+def _tensors(name: str, data, dtype: torch.dtype, device) -> tuple:
+    """(inputs, targets) of a pair of tensors or of an iterable's batches (concatenated), checked, on device."""
+    if _batched(data):
+        data = [torch.cat(t) for t in zip(*(_pair(f"{name}'s batch", b, dtype) for b in data))] or data
+    x, y = _pair(name, data, dtype, device)
+    _finite(f"{name} inputs", x), _finite(f"{name} targets", y)
+    return x, y
+
+def _rows(x: torch.Tensor, y: torch.Tensor, idx, step: int) -> tuple:
+    """x[idx], y[idx], or a clear error for indices that do not pick a batch of rows."""
+    try:
+        if (xb := x[idx]).dim() == x.dim() and len(xb):
+            return xb, y[idx]
+    except (IndexError, TypeError, RuntimeError):
+        pass
+    raise ValueError(f"sampler({step}) returned {idx!r}; expected a non-empty 1-D tensor of row indices in "
+                     f"[0, {len(x)})")
+
+def _cycle(data, dtype: torch.dtype, device, step: int):
+    """The batches of an iterable, checked and on device, for steps step, step + 1, ..., pass after pass."""
+    n = 1
+    while n:  # until a pass yields nothing
+        n = 0
+        for n, batch in enumerate(data, 1):
+            yield _pair(f"train_data's batch for step {step}", batch, dtype, device)
+            step += 1
+    raise ValueError(f"train_data yielded no batch for step {step}: a spent iterator has no second pass (pass a "
+                     f"DataLoader or a list of batches)")
+
+def _batches(data, dtype: torch.dtype, device, sampler, batch_size: int | None, seed: int, start: int):
+    """An iterator of the (inputs, targets) of steps start, start + 1, ...: of a pair of tensors (checked now)
+    the whole, its rows sampler(step), or batch_size rows drawn with replacement (seeded by seed and start: a
+    continuation draws anew); or the batches of an iterable (a DataLoader), pass after pass."""
+    if _batched(data):
+        if sampler is not None or batch_size is not None:
+            raise ValueError(f"sampler and cfg.batch_size must be None when train_data yields its own batches, got "
+                             f"{sampler!r} and {batch_size!r}")
+        return _cycle(data, dtype, device, start)
+    x, y = _tensors("train_data", data, dtype, device)
+    if sampler is None and batch_size is not None:
+        gen = torch.Generator().manual_seed(hash((seed, start)) % 2 ** 63 if start else seed)
+        sampler = lambda step: torch.randint(len(x), (batch_size,), generator=gen)  # noqa: E731
+    return ((x, y) if sampler is None else _rows(x, y, sampler(step), step) for step in itertools.count(start))
+
+def _loss_probe(loss_fn, out: torch.Tensor, y: torch.Tensor, name: str) -> torch.Tensor:
+    """loss_fn(out, y) the first time: targets that would broadcast, or a failure, told with what a loss expects."""
+    got = f"outputs {out.dtype} {tuple(out.shape)} and {name} targets {y.dtype} {tuple(y.shape)}" + (
+        "" if y.is_floating_point() else f" in [{y.min()}, {y.max()}]")
+    expect = (f"Expected: a regression loss (F.mse_loss) takes float targets shaped like the outputs; a classification "
+              f"loss (F.cross_entropy) int64 labels in [0, {out.shape[-1]}) of shape {tuple(out.shape[:-1])}")
+    if y.is_floating_point() and out.shape != y.shape and all(a == b or 1 in (a, b) for a, b in zip(
+            out.shape[::-1], y.shape[::-1])):
+        raise ValueError(f"{got} would broadcast into a wrong loss. {expect}")
+    if (loss_fn is F.cross_entropy or isinstance(loss_fn, nn.CrossEntropyLoss)) and y.is_floating_point() and (
+            y.dim() > 1 and not ((y >= 0).all() and torch.allclose(y.sum(1), y.new_ones(())))):
+        raise ValueError(f"cross-entropy reads float targets as class probabilities (>= 0, summing to 1 over dim 1), "
+                         f"which these are not: {got}. {expect}")
+    try:
+        loss = loss_fn(out, y)
+    except Exception as e:
+        raise ValueError(f"loss_fn failed on {got} ({type(e).__name__}: {e}). {expect}") from e
+    if not (torch.is_tensor(loss) and loss.dim() == 0 and (loss.requires_grad or not torch.is_grad_enabled())):
+        raise ValueError(f"loss_fn must return a scalar tensor with gradients (e.g. F.mse_loss(out, y)), got {loss!r}")
+    return loss
 
 # -- Training ----------------------------------------------------------------------------------------
 @dataclass
@@ -847,11 +908,7 @@ class BIMTConfig:
         return getattr(torch, self.dtype)
 
     def lam_at(self, step: int) -> float:
-        lam = self.lam
-        for frac, mult in self.lam_schedule:
-            if step >= int(frac * self.steps):
-                lam *= mult
-        return lam
+        return math.prod([self.lam] + [mult for frac, mult in self.lam_schedule if step >= int(frac * self.steps)])
 
     def cost_kwargs(self, step: int | None = None) -> dict:
         """Keyword arguments of connection_cost at `step` (None: the end of training)."""
@@ -907,35 +964,6 @@ def swap_pass(model: nn.Module, cfg: BIMTConfig, optimizer: torch.optim.Optimize
     return relocate(model, cfg.top_k, optimizer if cfg.swap_moves_optimizer_state else None, cfg.relocate_follow,
                     **cfg.swap_cost_kwargs(step))
 
-def _boundary(model: nn.Module, cfg: BIMTConfig, fns: dict, snapshot_every, train_data, test_data, start) -> tuple:
-    """Train's checks before the first step: clear errors for what would fail deep inside torch or train wrongly,
-    warnings for swap settings that do nothing. Returns the model's device, the batches of steps start, start +
-    1, ... (`_batches`) and the test data on the device."""
-    _check(isinstance(cfg, BIMTConfig), "cfg", type(cfg).__name__, "a BIMTConfig", TypeError)
-    for name, f in fns.items():
-        _check(callable(f) or f is None and name != "loss_fn", name, f, "a function" + " or None" * (name != "loss_fn"),
-               TypeError)
-    _check(not isinstance(fns["loss_fn"], type), "loss_fn", fns["loss_fn"], "a function or a loss module instance, "
-           "e.g. F.mse_loss or nn.MSELoss() (called with outputs and targets), not the class", TypeError)
-    _check(fns["snapshot_fn"] is None or _is_int(snapshot_every), "snapshot_every", snapshot_every,
-           "a positive int when snapshot_fn is given")
-    weight = _linears(model)[0].weight
-    if weight.dtype != cfg.torch_dtype:
-        raise ValueError(f"cfg.dtype is {cfg.dtype} but the model's parameters are {weight.dtype}: build the "
-                         f"model with dtype=cfg.torch_dtype (so its initialisation is drawn in that precision)")
-    widths = [nl.n_units for nl in _neuron_layers(model) if not nl.fixed] if cfg.swap else []  # fails now, or never
-    batches = _batches(train_data, cfg.torch_dtype, weight.device, fns["sampler"], cfg.batch_size, cfg.seed, start)
-    x_te, y_te = _tensors("test_data", test_data, cfg.torch_dtype, weight.device, concat=True)
-    with torch.no_grad():
-        _loss_probe(fns["loss_fn"], model(x_te), y_te, "test_data")
-    if cfg.swap and (cfg.swap_every > cfg.steps or cfg.top_k == 0):
-        warnings.warn("no swap will happen: " + ("top_k=0 tries no unit" if cfg.top_k == 0 else f"swap_every="
-                      f"{cfg.swap_every} > steps={cfg.steps}") + " (swap=False says so)", stacklevel=3)
-    elif widths and cfg.top_k > max(widths):
-        warnings.warn(f"top_k={cfg.top_k} exceeds every swappable layer's width (at most {max(widths)} units): "
-                      f"each swap pass tries every unit, as top_k={max(widths)} would", stacklevel=3)
-    return weight.device, batches, x_te, y_te
-
 def train(model: nn.Module, cfg: BIMTConfig, train_data, test_data, loss_fn, metric_fn=None, snapshot_fn=None,
           snapshot_every: int | None = None, progress: bool = True, sampler=None, optimizer=None,
           scheduler=None) -> History:
@@ -954,9 +982,32 @@ def train(model: nn.Module, cfg: BIMTConfig, train_data, test_data, loss_fn, met
 
     hist = model.__dict__.setdefault("bimt_history", History())  # a plain attribute of the module
     start, swaps = (hist.step[-1] + 1, hist.swaps[-1]) if hist.step else (0, 0)
-    device, batches, x_te, y_te = _boundary(model, cfg, dict(
-        loss_fn=loss_fn, metric_fn=metric_fn, snapshot_fn=snapshot_fn, sampler=sampler, optimizer=optimizer,
-        scheduler=scheduler), snapshot_every, train_data, test_data, start)
+    # Before the first step: clear errors for what would fail deep inside torch or train wrongly, and warnings
+    # for swap settings that do nothing.
+    _check(isinstance(cfg, BIMTConfig), "cfg", type(cfg).__name__, "a BIMTConfig", TypeError)
+    for name, f in dict(loss_fn=loss_fn, metric_fn=metric_fn, snapshot_fn=snapshot_fn, sampler=sampler,
+                        optimizer=optimizer, scheduler=scheduler).items():
+        _check(callable(f) or f is None and name != "loss_fn", name, f, "a function" + " or None" * (name != "loss_fn"),
+               TypeError)
+    _check(not isinstance(loss_fn, type), "loss_fn", loss_fn, "a function or a loss module instance, e.g. "
+           "F.mse_loss or nn.MSELoss() (called with outputs and targets), not the class", TypeError)
+    _check(snapshot_fn is None or _is_int(snapshot_every), "snapshot_every", snapshot_every,
+           "a positive int when snapshot_fn is given")
+    weight = _linears(model)[0].weight
+    if weight.dtype != cfg.torch_dtype:
+        raise ValueError(f"cfg.dtype is {cfg.dtype} but the model's parameters are {weight.dtype}: build the "
+                         f"model with dtype=cfg.torch_dtype (so its initialisation is drawn in that precision)")
+    widths = [nl.n_units for nl in _neuron_layers(model) if not nl.fixed] if cfg.swap else []  # fails now, or never
+    batches = _batches(train_data, cfg.torch_dtype, weight.device, sampler, cfg.batch_size, cfg.seed, start)
+    x_te, y_te = _tensors("test_data", test_data, cfg.torch_dtype, weight.device)
+    with torch.no_grad():
+        _loss_probe(loss_fn, model(x_te), y_te, "test_data")
+    if cfg.swap and (cfg.swap_every > cfg.steps or cfg.top_k == 0):
+        warnings.warn("no swap will happen: " + ("top_k=0 tries no unit" if cfg.top_k == 0 else f"swap_every="
+                      f"{cfg.swap_every} > steps={cfg.steps}") + " (swap=False says so)", stacklevel=2)
+    elif widths and cfg.top_k > max(widths):
+        warnings.warn(f"top_k={cfg.top_k} exceeds every swappable layer's width (at most {max(widths)} units): "
+                      f"each swap pass tries every unit, as top_k={max(widths)} would", stacklevel=2)
     opt = (optimizer or partial(torch.optim.AdamW, lr=cfg.lr, weight_decay=0.0, foreach=True))(model.parameters())
     _check(isinstance(opt, torch.optim.Optimizer), "optimizer(params)", opt, "a torch.optim.Optimizer", TypeError)
     sched, threads, phases = scheduler and scheduler(opt), torch.get_num_threads(), set(cfg.phase_starts())

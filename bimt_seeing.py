@@ -28,9 +28,10 @@ import bimt_core as bc
 
 __all__ = ["network_graph", "surviving", "active_neurons", "Module", "find_modules", "reach_matrices", "NetworkReport",
            "analyze", "embedding_modules", "Pruned", "prune", "restore", "intervene", "edge_attribution",
-           "circuit_faithfulness", "Circuit", "discover_circuit", "compact", "plot_network", "plot_network_3d",
-           "snapshot_recorder", "draw_snapshot", "save_gif", "threshold_view", "threshold_explorer", "Claims",
-           "figures_dir", "claim_rates"]
+           "circuit_faithfulness", "Circuit", "discover_circuit", "compact", "Planted", "planted_mlp", "roc_auc", "Roc",
+           "roc_curve", "plot_network", "plot_network_3d", "snapshot_recorder", "draw_snapshot", "save_gif",
+           "threshold_view", "threshold_explorer", "Claims", "figures_dir", "Interval", "wilson", "Rate", "ClaimRate",
+           "claim_tally", "claim_rates"]
 
 # -- Analysis ----------------------------------------------------------------------------------------
 def network_graph(model: nn.Module, graph: bc.Graph | None = None) -> bc.Graph:

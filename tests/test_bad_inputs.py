@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import bimt_core as bc
+import bimt_data as bd
 import bimt_seeing as bs
 
 nan = float("nan")
@@ -301,7 +302,7 @@ def test_train(call, exc, match):
 
 def read(tmp_path, name, blob):
     (tmp_path / name).write_bytes(blob)
-    return bc.read_idx(tmp_path / name)
+    return bd.read_idx(tmp_path / name)
 
 
 def corrupt_gzip():
@@ -317,8 +318,8 @@ def corrupt_gzip():
     (lambda p: bs.Claims().check(3, True), ValueError, "a claim's name must be a non-empty str, got 3"),
     (lambda p: bs.Claims(p / "no" / "c.json"), ValueError, "path must be None or a file name in an existing folder"),
     (lambda p: read(p, "c.gz", corrupt_gzip()), ValueError, r"c.gz: corrupt or truncated gzip data \(Error -3"),
-    (lambda p: bc.load_mnist(n_test=2.5), ValueError, r"n_test must be an int in \(0, 5000\), got 2.5"),
-    (lambda p: bc.load_mnist(seed="a"), ValueError, "seed must be an int >= 0, got 'a'"),
+    (lambda p: bd.load_mnist(n_test=2.5), ValueError, r"n_test must be an int in \(0, 5000\), got 2.5"),
+    (lambda p: bd.load_mnist(seed="a"), ValueError, "seed must be an int >= 0, got 'a'"),
     (lambda p: bc.accuracy(torch.rand(8, 3), torch.zeros(8, 1, dtype=torch.long)), ValueError,
      r"labels' shape must be the logits' shape without the class dim, \(8,\), got \(8, 1\)"),
 ])

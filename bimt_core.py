@@ -5,8 +5,7 @@ Every neuron has a position in space. The loss pays for each connection in propo
 (`connection_cost`), and every few hundred steps neurons of a layer exchange places when that lowers the
 cost (`relocate`); a swap permutes weights, never the function the network computes. Top to bottom:
 input checks -> geometry -> layers -> models -> cost -> swapping -> the data train reads -> training.
-Reading a trained network (analysis, circuits, plotting, claims) lives in bimt_seeing, which imports this module.
-"""
+Reading a trained network (analysis, circuits, plotting, claims) lives in bimt_seeing, which imports this module."""
 from __future__ import annotations
 
 import itertools
@@ -30,14 +29,12 @@ __all__ = ["neuron_coords", "manhattan", "BioLinear", "Member", "NeuronLayer", "
 
 # -- Input checks: each public function checks its arguments once, at its boundary, with these --------
 def _check(ok, name: str, v, expected: str, exc=ValueError):
-    """v if ok, else exc('{name} must be {expected}, got {v!r}')."""
     if not ok:
         raise exc(f"{name} must be {expected}, got {v!r}")
     return v
 
 def _is_int(v, lo=1, hi=math.inf) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and lo <= v < hi  # a bool is no count
-
 def _is_real(v, lo=-math.inf, hi=math.inf) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and lo <= v <= hi
 
@@ -46,7 +43,6 @@ def _int(name: str, v, lo: int = 1, none: bool = False):
                   ("a positive int" if lo == 1 else f"an int >= {lo}") + (" or None" if none else ""))
 
 def _number(name: str, v, lo: float = 0.0, hi: float = math.inf):
-    """A finite number in [lo, hi]; _number(name, v, 0, 1) is a fraction (NaN is never one)."""
     return _check(_is_real(v, lo, hi), name, v, f"a number in [{lo:g}, {hi:g}]" if hi < math.inf
                   else f"a finite number >= {lo:g}")
 
@@ -57,8 +53,7 @@ def _flags(**flags):
     for k, v in flags.items():
         _check(isinstance(v, (bool, np.bool_)), k, v, "True or False")
 
-def _float(name: str, v) -> float:
-    """float(v) for a number or a one-element tensor or array (what a metric returns)."""
+def _float(name: str, v) -> float:  # what a metric returns: a number, or a one-element tensor or array
     return float(_check(isinstance(v, numbers.Real) or isinstance(v, np.ndarray) and v.size == 1
                         or torch.is_tensor(v) and v.numel() == 1, name, v, "a number"))
 
@@ -125,13 +120,11 @@ class BioLinear(nn.Linear):
         self.dist = manhattan(self.out_coords, self.in_coords)
 
     def reset_parameters(self) -> None:
-        # nn.Linear's own init (same formula, so the same numbers in float32 and float64), drawn from an
-        # explicit generator so that seeds come from the caller.
+        # nn.Linear's own init (the same numbers in float32 and float64), from the caller's seeded generator
         g = getattr(self, "_generator", None)
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5), generator=g)
         if self.bias is not None:
-            bound = 1 / math.sqrt(self.in_features)
-            nn.init.uniform_(self.bias, -bound, bound, generator=g)
+            nn.init.uniform_(self.bias, -(bound := 1 / math.sqrt(self.in_features)), bound, generator=g)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
@@ -169,7 +162,8 @@ class Member(NamedTuple):
 
 @dataclass
 class NeuronLayer:
-    """One layer of swappable units and the tensor slices each owns (`members`); fixed: never moved (pixels)."""
+    """One layer of swappable units and the tensor slices each owns (`members`); fixed: never moved (pixels).
+    add, incoming and outgoing return the layer, so that they chain."""
     name: str
     n_units: int
     members: list = field(default_factory=list)
@@ -178,7 +172,7 @@ class NeuronLayer:
     def __post_init__(self):
         _int(f"neuron layer {self.name!r}: n_units", self.n_units)
 
-    def add(self, module: nn.Module, attr: str, dim: int, index: torch.Tensor, role: str | None = None):
+    def add(self, module: nn.Module, attr: str, dim: int, index: torch.Tensor, role: str | None = None) -> NeuronLayer:
         t, index, where = getattr(module, attr, None), torch.as_tensor(index), f"{self.name!r}: {type(module).__name__}"
         _check(torch.is_tensor(t) and _is_int(dim, 0, t.dim()), f"neuron layer {where}.{attr}: dim", dim,
                "a dim of a tensor attribute")
@@ -190,16 +184,16 @@ class NeuronLayer:
                and attr == "weight" and dim == (role == "outgoing"), f"neuron layer {where}.{attr}: role", role,
                "None, 'embedding', or 'incoming' / 'outgoing' for a BioLinear's weight along dim 0 / 1")
         self.members.append(Member(module, attr, dim, index, role))
+        return self
 
-    def incoming(self, lin: "BioLinear", index: torch.Tensor):
+    def incoming(self, lin: "BioLinear", index: torch.Tensor) -> NeuronLayer:
         """lin writes these units: its weight rows (and bias entries) move with them."""
         self.add(lin, "weight", 0, index, "incoming")
-        if lin.bias is not None:
-            self.add(lin, "bias", 0, index)
+        return self if lin.bias is None else self.add(lin, "bias", 0, index)
 
-    def outgoing(self, lin: "BioLinear", index: torch.Tensor):
+    def outgoing(self, lin: "BioLinear", index: torch.Tensor) -> NeuronLayer:
         """lin reads these units: its weight columns move with them."""
-        self.add(lin, "weight", 1, index, "outgoing")
+        return self.add(lin, "weight", 1, index, "outgoing")
 
 def fold_index(n: int, fold: int) -> torch.Tensor:
     """(fold, n // fold) index: unit u of a folded layer owns positions u, u + n/f, u + 2n/f, ..."""
@@ -276,8 +270,7 @@ class Graph:
         names = [r.name for r in self.rows]
         if _is_int(row, 0, len(names)):
             return int(row)
-        _check(row in names, "row", row, f"a name among {names} or an index in [0, {len(names)})")
-        return names.index(row)
+        return names.index(_check(row in names, "row", row, f"a name among {names} or an index in [0, {len(names)})"))
 
     def upto(self, name: str) -> "Graph":
         """The network up to row `name`, which becomes the output row (e.g. to find an embedding's modules)."""
@@ -315,14 +308,12 @@ class SwappableModel(nn.Module):
     activations() (tests/test_custom_model.py shows one beside BioMLP and BioTransformer)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # index_select, not [..., perm]: on CPU the backward of advanced indexing is an accumulating
-        # index_put that cost more than the whole MLP (about 4 of 9 ms per modular-addition step).
+        # index_select, not [..., perm]: on CPU, advanced indexing's backward (index_put) cost more than the MLP
         return self.forward_internal(self.embed(x)).index_select(-1, torch.argsort(self.out_perm))
 
     def activations(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Every row's activations of `graph()`, in position order, (B, width) or (B, T, width), for inputs x."""
-        record = []
-        self.forward_internal(self.embed(x), record)
+        self.forward_internal(self.embed(x), record := [])
         return record
 
     def swap(self, layer, j: int, k: int, optimizer: torch.optim.Optimizer | None = None) -> None:
@@ -340,25 +331,21 @@ class BioMLP(SwappableModel):
                  vocab_size: int | None = None, activation: str = "silu", fix_inputs: bool = False,
                  bias: bool = True, generator: torch.Generator | None = None, dtype: torch.dtype | None = None):
         super().__init__()
-        _check(isinstance(shape, (list, tuple)) and len(shape) >= 2, "shape", shape,
-               "a list of layer widths, at least an input and an output")
-        _check(all(map(_is_int, shape)), "shape", shape, "a list of positive int layer widths")
-        _check(vocab_size is None or _is_int(vocab_size), "vocab_size", vocab_size, "a positive int or None")
+        _check(isinstance(shape, (list, tuple)) and len(shape) >= 2 and all(map(_is_int, shape)), "shape", shape,
+               "a list of positive int layer widths, at least an input and an output")
+        _int("vocab_size", vocab_size, none=True)
         _flags(fix_inputs=fix_inputs, bias=bias)
         self.shape, self.act, self.fix_inputs = [int(w) for w in shape], _activation(activation), fix_inputs
-        geos = [geometry] * (len(shape) - 1) + [out_geometry or geometry]
-        dims = {"line": 1, "grid": 2, "ring": 2}
+        geos, dims = [geometry] * (len(shape) - 1) + [out_geometry or geometry], {"line": 1, "grid": 2, "ring": 2}
         if geos[0] in dims and geos[-1] in dims and dims[geos[0]] != dims[geos[-1]]:
             raise ValueError(f"geometry {geos[0]!r} is {dims[geos[0]]}D but out_geometry {geos[-1]!r} is "
                              f"{dims[geos[-1]]}D; all layers must live in the same space (e.g. 'grid' with 'ring')")
-        folds = [in_fold] + [1] * (len(shape) - 1)
-        self.linears = nn.ModuleList(
-            BioLinear(shape[i], shape[i + 1], bias, geos[i], geos[i + 1], folds[i], folds[i + 1], generator, dtype)
+        self.linears = nn.ModuleList(  # the input layer alone may be folded (token embeddings a|b)
+            BioLinear(shape[i], shape[i + 1], bias, geos[i], geos[i + 1], in_fold if i == 0 else 1, 1, generator, dtype)
             for i in range(len(shape) - 1))
         self.embedding = None if vocab_size is None else nn.Parameter(
             torch.randn(vocab_size, shape[0] // in_fold, generator=generator, dtype=dtype))
-        # tokens are not features: nothing to permute
-        self.register_buffer("in_perm", torch.arange(shape[0]) if vocab_size is None else None)
+        self.register_buffer("in_perm", torch.arange(shape[0]) if vocab_size is None else None)  # tokens: no perm
         self.register_buffer("out_perm", torch.arange(shape[-1]))
 
     @property
@@ -402,11 +389,7 @@ class BioMLP(SwappableModel):
                 layer.add(self, "embedding", 1, idx[:1], "embedding")
             else:
                 layer.add(self, "in_perm", 0, idx)
-            if i < n:
-                layer.outgoing(self.linears[i], idx)
-            else:
-                layer.add(self, "out_perm", 0, idx)
-            layers.append(layer)
+            layers.append(layer.outgoing(self.linears[i], idx) if i < n else layer.add(self, "out_perm", 0, idx))
         return layers
 
     def graph(self) -> "Graph":
@@ -497,12 +480,9 @@ class BioTransformer(SwappableModel):
                  d_mlp: int = 128, layer_norm: bool = False, bias: bool = True, activation: str = "gelu",
                  generator: torch.Generator | None = None, dtype: torch.dtype | None = None):
         super().__init__()
-        for k, v in dict(in_dim=in_dim, out_dim=out_dim, d_model=d_model, n_blocks=n_blocks, n_heads=n_heads,
-                         d_mlp=d_mlp).items():
-            _int(k, v)
-        _flags(layer_norm=layer_norm, bias=bias)
-        if d_model % n_heads:
-            raise ValueError(f"d_model {d_model} is not divisible by n_heads {n_heads}")
+        _int("in_dim", in_dim), _int("out_dim", out_dim), _int("d_model", d_model), _int("n_blocks", n_blocks)
+        _int("n_heads", n_heads), _int("d_mlp", d_mlp), _flags(layer_norm=layer_norm, bias=bias)
+        _check(d_model % n_heads == 0, "d_model", d_model, f"divisible by n_heads ({n_heads})")
         self.in_dim, self.out_dim, self.d_model, self.n_heads, self.d_mlp = in_dim, out_dim, d_model, n_heads, d_mlp
         self.embed_in = BioLinear(in_dim, d_model, bias, generator=generator, dtype=dtype)
         self.blocks = nn.ModuleList(BioBlock(d_model, n_heads, d_mlp, layer_norm, bias, generator, dtype, activation)
@@ -516,7 +496,7 @@ class BioTransformer(SwappableModel):
         """(B, T, in_dim) caller features -> the same in internal (position) order."""
         _check(torch.is_tensor(x), "inputs", type(x).__name__, "a torch.Tensor", TypeError)
         if x.dim() != 3 or x.shape[-1] != self.in_dim:
-            raise ValueError(f"BioTransformer expects inputs shaped (batch, seq, {self.in_dim}), got {tuple(x.shape)}")
+            raise ValueError(f"BioTransformer takes inputs of shape (batch, seq, {self.in_dim}), got {tuple(x.shape)}")
         return x.index_select(-1, self.in_perm)
 
     def forward_internal(self, x: torch.Tensor, record: list | None = None) -> torch.Tensor:
@@ -533,39 +513,25 @@ class BioTransformer(SwappableModel):
         """'input', 'residual', per block b 'block{b}.heads', 'block{b}.head{h}' (its channels) and
         'block{b}.mlp_hidden', then 'output'; no BioLinear is on both sides of one layer (see `relocate`)."""
         d, nh, dh = self.d_model, self.n_heads, self.d_model // self.n_heads
-        inp = NeuronLayer("input", self.in_dim)
-        inp.add(self, "in_perm", 0, fold_index(self.in_dim, 1))
-        inp.outgoing(self.embed_in, fold_index(self.in_dim, 1))
-        res, ri = NeuronLayer("residual", d), fold_index(d, 1)
-        res.incoming(self.embed_in, ri)
+        ii, ri, mi, oi = (fold_index(n, 1) for n in (self.in_dim, d, self.d_mlp, self.out_dim))
+        res = NeuronLayer("residual", d).incoming(self.embed_in, ri)
         for blk in self.blocks:  # writers of the stream move their rows, readers their columns
-            res.incoming(blk.attn_out, ri), res.incoming(blk.mlp_out, ri)
-            res.outgoing(blk.qkv, ri), res.outgoing(blk.mlp_in, ri)
+            res.incoming(blk.attn_out, ri).incoming(blk.mlp_out, ri).outgoing(blk.qkv, ri).outgoing(blk.mlp_in, ri)
         res.outgoing(self.unembed, ri)
         for ln in [self.ln_f] + [ln for blk in self.blocks for ln in (blk.ln1, blk.ln2)]:
             for attr in [a for a in ("weight", "bias") if getattr(ln, a, None) is not None]:  # nn.Identity: none
                 res.add(ln, attr, 0, ri)
-        layers = [inp, res]
+        layers = [NeuronLayer("input", self.in_dim).add(self, "in_perm", 0, ii).outgoing(self.embed_in, ii), res]
         rows = torch.arange(3 * d).view(3, nh, dh)  # q|k|v row of (copy, head, channel)
         cols = torch.arange(d).view(nh, dh)         # attention-output column of (head, channel)
         for b, blk in enumerate(self.blocks):
-            heads = NeuronLayer(f"block{b}.heads", nh)
-            heads.incoming(blk.qkv, rows.permute(0, 2, 1).reshape(3 * dh, nh))
-            heads.outgoing(blk.attn_out, cols.T)
-            layers.append(heads)
-            for h in range(nh):
-                head = NeuronLayer(f"block{b}.head{h}", dh)
-                head.incoming(blk.qkv, rows[:, h])
-                head.outgoing(blk.attn_out, cols[h][None])
-                layers.append(head)
-            mlp = NeuronLayer(f"block{b}.mlp_hidden", self.d_mlp)
-            mlp.incoming(blk.mlp_in, fold_index(self.d_mlp, 1))
-            mlp.outgoing(blk.mlp_out, fold_index(self.d_mlp, 1))
-            layers.append(mlp)
-        out = NeuronLayer("output", self.out_dim)
-        out.incoming(self.unembed, fold_index(self.out_dim, 1))
-        out.add(self, "out_perm", 0, fold_index(self.out_dim, 1))
-        return layers + [out]
+            heads = rows.permute(0, 2, 1).reshape(3 * dh, nh)  # a head owns its channels' q|k|v rows
+            layers.append(NeuronLayer(f"block{b}.heads", nh).incoming(blk.qkv, heads).outgoing(blk.attn_out, cols.T))
+            layers += [NeuronLayer(f"block{b}.head{h}", dh).incoming(blk.qkv, rows[:, h])
+                       .outgoing(blk.attn_out, cols[h][None]) for h in range(nh)]
+            layers.append(NeuronLayer(f"block{b}.mlp_hidden", self.d_mlp).incoming(blk.mlp_in, mi)
+                          .outgoing(blk.mlp_out, mi))
+        return layers + [NeuronLayer("output", self.out_dim).incoming(self.unembed, oi).add(self, "out_perm", 0, oi)]
 
     def graph(self) -> "Graph":
         """Rows input, embed, per block b attention{b} (q|k|v, fold 3), residual{b}.attn (the stream after the
@@ -576,16 +542,14 @@ class BioTransformer(SwappableModel):
                     unit=torch.arange(self.in_dim)), Row("embed", self.embed_in.out_coords)]
         edges, res = [Edge("embed_in", self.embed_in, 0, 1)], 1
         for b, blk in enumerate(self.blocks):
-            a = len(rows)
+            a, p = len(rows), f"blocks.{b}."
             rows += [Row(f"attention{b}", blk.qkv.out_coords, fold=3),
                      Row(f"residual{b}.attn", blk.attn_out.out_coords),
                      Row(f"mlp{b}", blk.mlp_in.out_coords), Row(f"residual{b}.mlp", blk.mlp_out.out_coords)]
-            edges += [Edge(f"blocks.{b}.qkv", blk.qkv, res, a),
-                      Edge(f"blocks.{b}.attn_out", blk.attn_out, a, a + 1, torch.arange(2 * d, 3 * d)),
-                      Edge(f"blocks.{b}.attn_skip", None, res, a + 1),
-                      Edge(f"blocks.{b}.mlp_in", blk.mlp_in, a + 1, a + 2),
-                      Edge(f"blocks.{b}.mlp_out", blk.mlp_out, a + 2, a + 3),
-                      Edge(f"blocks.{b}.mlp_skip", None, a + 1, a + 3)]
+            edges += [Edge(p + "qkv", blk.qkv, res, a),
+                      Edge(p + "attn_out", blk.attn_out, a, a + 1, torch.arange(2 * d, 3 * d)),
+                      Edge(p + "attn_skip", None, res, a + 1), Edge(p + "mlp_in", blk.mlp_in, a + 1, a + 2),
+                      Edge(p + "mlp_out", blk.mlp_out, a + 2, a + 3), Edge(p + "mlp_skip", None, a + 1, a + 3)]
             res = a + 3
         rows.append(Row("output", self.unembed.out_coords, "output", caller=self.out_perm))
         return Graph(rows, edges + [Edge("unembed", self.unembed, res, len(rows) - 1)])
@@ -614,8 +578,7 @@ def cost_terms(model: nn.Module, weight_factor: float = 1.0, l0: float = 0.1, ag
         terms.append((lin.weight, a * lin.dist + l0, scale(lin.weight)))
         if bias_penalty and lin.bias is not None:
             terms.append((lin.bias, None, scale(lin.bias) * l0))
-    emb = getattr(model, "embedding", None)
-    if embedding_penalty and emb is not None:
+    if embedding_penalty and (emb := getattr(model, "embedding", None)) is not None:
         terms.append((emb, None, scale(emb) * l0))
     return terms
 
@@ -630,9 +593,8 @@ def sum_terms(terms: list) -> torch.Tensor:
 def connection_cost(model: nn.Module, weight_factor: float = 1.0, l0: float = 0.1, agg: str = "sum",
                     bias_penalty: bool = False, embedding_penalty: bool = False,
                     last_layer_l0_only: bool = False) -> torch.Tensor:
-    """Scalar tensor: agg_ij |W_ij| (A d_ij + l0) over every BioLinear, + agg |b| l0 with bias_penalty, + agg |E|
-    l0 with embedding_penalty. agg 'sum', or 'mean' within each tensor (Fig 5-8). last_layer_l0_only: the last
-    BioLinear pays l0 |w| only (MNIST)."""
+    """Scalar tensor: agg_ij |W_ij| (A d_ij + l0) over every BioLinear (A = 0 in the last with last_layer_l0_only,
+    MNIST), + agg |b| l0 with bias_penalty, + agg |E| l0 with embedding_penalty; agg 'sum', or 'mean' per tensor."""
     return sum_terms(cost_terms(model, weight_factor, l0, agg, bias_penalty, embedding_penalty, last_layer_l0_only))
 
 # -- Swapping ----------------------------------------------------------------------------------------
@@ -660,8 +622,7 @@ def _get_layer(model: nn.Module, layer) -> NeuronLayer:
     return layers[_check(_is_int(layer, -len(layers), len(layers)), "layer", layer,
                          f"a name or an index in [0, {len(layers)})")]
 
-def permute_units(model: nn.Module, layer, perm: torch.Tensor,
-                  optimizer: torch.optim.Optimizer | None = None) -> None:
+def permute_units(model: nn.Module, layer, perm: torch.Tensor, optimizer: torch.optim.Optimizer | None = None) -> None:
     """Position p of `layer` (index, name or NeuronLayer) receives the unit now at perm[p]: every member tensor
     moves, and the optimizer's per-parameter state if given (else it stays, as in the authors' code)."""
     nl, optimizer = _get_layer(model, layer), _optimizer(optimizer)
@@ -680,8 +641,7 @@ def permute_units(model: nn.Module, layer, perm: torch.Tensor,
             for v in [t, *(v for v in state.values() if torch.is_tensor(v) and v.shape == t.shape)]:
                 v.copy_(v.index_select(m.dim, full))  # index_select copies first: no aliasing
 
-def swap_units(model: nn.Module, layer, j: int, k: int,
-               optimizer: torch.optim.Optimizer | None = None) -> None:
+def swap_units(model: nn.Module, layer, j: int, k: int, optimizer: torch.optim.Optimizer | None = None) -> None:
     """Exchange units j and k of `layer` (index, name or NeuronLayer): `permute_units` with a transposition."""
     nl = _get_layer(model, layer)
     for u in (j, k):
@@ -694,21 +654,16 @@ def neuron_scores(nl: NeuronLayer) -> torch.Tensor:
     """(n_units,) float64: sum |incoming| + sum |outgoing weights| over fold copies (an embedding: incoming)."""
     score = torch.zeros(nl.n_units, dtype=torch.float64)
     for m in (m for m in nl.members if m.role is not None):  # what is only carried along has no weight
-        per_pos = getattr(m.module, m.attr).detach().abs().double().sum(dim=1 - m.dim)  # (size along dim,)
-        score += per_pos[m.index].sum(0).cpu()
+        score += getattr(m.module, m.attr).detach().abs().double().sum(dim=1 - m.dim)[m.index].sum(0).cpu()
     return score
 
 def placement_costs(nl: NeuronLayer, coefs: dict) -> torch.Tensor:
     """P (n_units, n_units) float64: P[a, p] the cost of the unit at a if it sat at p (coefs: {weight: (coef,
     factor)} of `cost_terms`). Swapping j, k changes the cost by P[j, k] + P[k, j] - P[j, j] - P[k, k]."""
-    P = torch.zeros(nl.n_units, nl.n_units, dtype=torch.float64)
-    sides = {"incoming": set(), "outgoing": set()}
-    for m in nl.members:
-        if m.role not in sides or not isinstance(m.module, BioLinear):
-            continue  # embeddings and biases pay l0 * |w| wherever they sit
+    P, sides = torch.zeros(nl.n_units, nl.n_units, dtype=torch.float64), {"incoming": set(), "outgoing": set()}
+    for m in (m for m in nl.members if m.role in sides and isinstance(m.module, BioLinear)):  # others: l0 |w| anywhere
         sides[m.role].add(m.module)
-        w = m.module.weight.detach().abs().double()
-        coef, scale = coefs[m.module.weight]
+        w, (coef, scale) = m.module.weight.detach().abs().double(), coefs[m.module.weight]
         # G[r, s] = cost of the connections of the unit's row (incoming) / column (outgoing) r at position s
         G = w @ coef.double().T if m.role == "incoming" else w.T @ coef.double()
         P += scale * G[m.index[:, :, None], m.index[:, None, :]].sum(0).cpu()
@@ -763,7 +718,6 @@ def _finite(name: str, t: torch.Tensor) -> None:
 
 def _is_pair(data) -> bool:
     return isinstance(data, (tuple, list)) and len(data) == 2 and all(map(torch.is_tensor, data))
-
 def _batched(data) -> bool:
     """Whether data is an iterable of (inputs, targets) batches (a DataLoader) rather than one pair of tensors."""
     return not _is_pair(data) and not torch.is_tensor(data) and hasattr(data, "__iter__")
@@ -789,7 +743,6 @@ def _tensors(name: str, data, dtype: torch.dtype, device) -> tuple:
     return x, y
 
 def _rows(x: torch.Tensor, y: torch.Tensor, idx, step: int) -> tuple:
-    """x[idx], y[idx], or a clear error for indices that do not pick a batch of rows."""
     try:
         if (xb := x[idx]).dim() == x.dim() and len(xb):
             return xb, y[idx]
@@ -810,13 +763,11 @@ def _cycle(data, dtype: torch.dtype, device, step: int):
                      f"DataLoader or a list of batches)")
 
 def _batches(data, dtype: torch.dtype, device, sampler, batch_size: int | None, seed: int, start: int):
-    """An iterator of the (inputs, targets) of steps start, start + 1, ...: of a pair of tensors (checked now)
-    the whole, its rows sampler(step), or batch_size rows drawn with replacement (seeded by seed and start: a
-    continuation draws anew); or the batches of an iterable (a DataLoader), pass after pass."""
+    """The (inputs, targets) of steps start, start + 1, ...: of a pair of tensors (checked now) the whole, the rows
+    sampler(step) picks, or batch_size rows drawn with replacement (seeded by seed and start); an iterable's batches."""
     if _batched(data):
-        if sampler is not None or batch_size is not None:
-            raise ValueError(f"sampler and cfg.batch_size must be None when train_data yields its own batches, got "
-                             f"{sampler!r} and {batch_size!r}")
+        _check(sampler is None and batch_size is None, "sampler and cfg.batch_size", (sampler, batch_size),
+               "None when train_data yields its own batches")
         return _cycle(data, dtype, device, start)
     x, y = _tensors("train_data", data, dtype, device)
     if sampler is None and batch_size is not None:
@@ -841,9 +792,8 @@ def _loss_probe(loss_fn, out: torch.Tensor, y: torch.Tensor, name: str) -> torch
         loss = loss_fn(out, y)
     except Exception as e:
         raise ValueError(f"loss_fn failed on {got} ({type(e).__name__}: {e}). {expect}") from e
-    if not (torch.is_tensor(loss) and loss.dim() == 0 and (loss.requires_grad or not torch.is_grad_enabled())):
-        raise ValueError(f"loss_fn must return a scalar tensor with gradients (e.g. F.mse_loss(out, y)), got {loss!r}")
-    return loss
+    return _check(torch.is_tensor(loss) and loss.dim() == 0 and (loss.requires_grad or not torch.is_grad_enabled()),
+                  "loss_fn's result", loss, "a scalar tensor with gradients (e.g. F.mse_loss(out, y))")
 
 # -- Training ----------------------------------------------------------------------------------------
 @dataclass
@@ -885,8 +835,7 @@ class BIMTConfig:
     relocate_follow: str = "neurons"
 
     def __post_init__(self):
-        for name in ("steps", "swap_every", "eval_every"):
-            _int(name, getattr(self, name))
+        _int("steps", self.steps), _int("swap_every", self.swap_every), _int("eval_every", self.eval_every)
         _int("top_k", self.top_k, 0), _int("seed", self.seed, 0)
         _int("batch_size", self.batch_size, none=True), _int("threads", self.threads, none=True)
         _check(_is_real(self.lr) and self.lr > 0, "lr", self.lr, "a finite number > 0"), _number("lam", self.lam)
@@ -967,30 +916,26 @@ def swap_pass(model: nn.Module, cfg: BIMTConfig, optimizer: torch.optim.Optimize
 def train(model: nn.Module, cfg: BIMTConfig, train_data, test_data, loss_fn, metric_fn=None, snapshot_fn=None,
           snapshot_every: int | None = None, progress: bool = True, sampler=None, optimizer=None,
           scheduler=None) -> History:
-    """Train on loss_fn(model(x), y) + `penalty`, with a `swap_pass` after each update, on the model's device
-    (the data moved there). train_data: an (inputs, targets) pair of tensors (full batch, cfg.batch_size rows
-    per step, or the rows sampler(step) returns), or any iterable of (inputs, targets) batches, e.g. a
-    DataLoader, cycled; test_data: a pair or an iterable of batches (concatenated once). optimizer(params) ->
-    torch.optim.Optimizer (default AdamW, lr cfg.lr, no weight decay); scheduler(optimizer) -> LRScheduler,
-    stepped after every update. metric_fn(outputs, targets) -> float and the test loss every cfg.eval_every steps
-    and at the last; snapshot_fn(step, model) every snapshot_every steps and at the last. Before the first step
-    the data (finite, shapes, dtypes) and loss_fn are checked; a loss that turns non-finite stops the run.
-    Calling train again on the model continues: cfg.steps more steps (cfg's schedule from its start, a new
-    optimizer unless the factory returns the old one, batches and steps counted on) appended to the `History`
-    it returns, model.bimt_history (del it to count from 0)."""
+    """Train on loss_fn(model(x), y) + `penalty`, with a `swap_pass` after each update, on the model's device (the
+    data moved there). train_data: an (inputs, targets) pair of tensors (full batch, cfg.batch_size rows per step,
+    or the rows sampler(step) returns), or any iterable of such batches (a DataLoader), cycled; test_data: a pair
+    or an iterable of batches (concatenated once). optimizer(params) -> torch.optim.Optimizer (default AdamW, lr
+    cfg.lr, no weight decay); scheduler(optimizer) -> LRScheduler, stepped after every update. metric_fn(outputs,
+    targets) -> float and the test loss every cfg.eval_every steps and at the last; snapshot_fn(step, model) every
+    snapshot_every steps and at the last. Before the first step the data (finite, shapes, dtypes) and loss_fn are
+    checked; a loss that turns non-finite stops the run. Calling train again on the model continues: cfg.steps
+    more steps (cfg's schedule from its start, a new optimizer unless the factory returns the old one, batches and
+    steps counted on) appended to the `History` it returns, model.bimt_history (del it to count from 0)."""
     from tqdm.auto import tqdm
-
     hist = model.__dict__.setdefault("bimt_history", History())  # a plain attribute of the module
     start, swaps = (hist.step[-1] + 1, hist.swaps[-1]) if hist.step else (0, 0)
-    # Before the first step: clear errors for what would fail deep inside torch or train wrongly, and warnings
-    # for swap settings that do nothing.
+    # Before the first step: errors for what would fail deep in torch or train wrongly, warnings for idle swaps
     _check(isinstance(cfg, BIMTConfig), "cfg", type(cfg).__name__, "a BIMTConfig", TypeError)
-    for name, f in dict(loss_fn=loss_fn, metric_fn=metric_fn, snapshot_fn=snapshot_fn, sampler=sampler,
-                        optimizer=optimizer, scheduler=scheduler).items():
-        _check(callable(f) or f is None and name != "loss_fn", name, f, "a function" + " or None" * (name != "loss_fn"),
-               TypeError)
-    _check(not isinstance(loss_fn, type), "loss_fn", loss_fn, "a function or a loss module instance, e.g. "
-           "F.mse_loss or nn.MSELoss() (called with outputs and targets), not the class", TypeError)
+    _check(callable(loss_fn) and not isinstance(loss_fn, type), "loss_fn", loss_fn, "a function or a loss module "
+           "instance, e.g. F.mse_loss or nn.MSELoss() (called with outputs and targets; not the class)", TypeError)
+    for name, f in dict(metric_fn=metric_fn, snapshot_fn=snapshot_fn, sampler=sampler, optimizer=optimizer,
+                        scheduler=scheduler).items():
+        _check(f is None or callable(f), name, f, "a function or None", TypeError)
     _check(snapshot_fn is None or _is_int(snapshot_every), "snapshot_every", snapshot_every,
            "a positive int when snapshot_fn is given")
     weight = _linears(model)[0].weight

@@ -1,6 +1,6 @@
 """MNIST for the paper's Fig 8, read from files: the shipped 5,000-digit subset (data/mnist_5k.npz, its checksum
-verified) or a folder of the standard IDX files, as float32 pixels and int64 labels. Used as `import bimt_data as
-bd` (bd.load_mnist); bimt_core, the method, does not import it."""
+verified) or a folder of the standard IDX files, as float32 pixels and int64 labels. Imported on its own, as
+`import bimt_data as bd` (bd.load_mnist); bimt_core, the method, does not import it."""
 from __future__ import annotations
 
 import gzip

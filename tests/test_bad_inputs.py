@@ -78,9 +78,11 @@ def test_geometry_and_layers(call, exc, match):
 
 
 @pytest.mark.parametrize("call, exc, match", [
-    (lambda: bc.BioMLP([4.5, 3]), ValueError, r"shape must be a list of positive int layer widths, got \[4.5, 3\]"),
+    (lambda: bc.BioMLP([4.5, 3]), ValueError,
+     r"shape must be a list of positive int layer widths, at least an input and an output, got \[4.5, 3\]"),
     (lambda: bc.BioMLP([4, "8", 2]), ValueError, "positive int layer widths"),
-    (lambda: bc.BioMLP(4), ValueError, "shape must be a list of layer widths, at least an input and an output"),
+    (lambda: bc.BioMLP(4), ValueError,
+     "shape must be a list of positive int layer widths, at least an input and an output, got 4"),
     (lambda: bc.BioMLP([4, 3], in_fold=2, vocab_size=0), ValueError, "vocab_size must be a positive int or None, got 0"),
     (lambda: bc.BioMLP([4, 3], in_fold=2, vocab_size=-2), ValueError, "vocab_size must be"),
     (lambda: bc.BioMLP([4, 3], in_fold=2, vocab_size=2.5), ValueError, "vocab_size must be"),
@@ -284,10 +286,10 @@ def train(model=None, cfg=None, data=(X, Y), test=None, loss=F.mse_loss, **kw):
     (lambda: train(sampler=lambda s: torch.tensor([], dtype=torch.long)), ValueError, r"sampler\(0\) returned tensor\(\[\]"),
     (lambda: train(sampler=lambda s: 3), ValueError, r"sampler\(0\) returned 3"),
     (lambda: train(loss=lambda o, y: F.mse_loss(o, y, reduction="none")), ValueError,
-     r"loss_fn must return a scalar tensor with gradients \(e.g. F.mse_loss\(out, y\)\), got tensor\("),
-    (lambda: train(loss=lambda o, y: F.mse_loss(o, y).item()), ValueError, "loss_fn must return a scalar tensor"),
-    (lambda: train(loss=lambda o, y: F.mse_loss(o, y).detach()), ValueError, "loss_fn must return a scalar tensor"),
-    (lambda: train(loss="mse"), TypeError, "loss_fn must be a function, got 'mse'"),
+     r"loss_fn's result must be a scalar tensor with gradients \(e.g. F.mse_loss\(out, y\)\), got tensor\("),
+    (lambda: train(loss=lambda o, y: F.mse_loss(o, y).item()), ValueError, "loss_fn's result must be a scalar tensor"),
+    (lambda: train(loss=lambda o, y: F.mse_loss(o, y).detach()), ValueError, "loss_fn's result must be a scalar tensor"),
+    (lambda: train(loss="mse"), TypeError, r"loss_fn must be a function or a loss module instance.*, got 'mse'"),
     (lambda: train(sampler=[0, 1]), TypeError, r"sampler must be a function or None, got \[0, 1\]"),
     (lambda: train(metric_fn=lambda o, y: (o - y).abs().mean(0)), ValueError, "metric_fn's result must be a number, got tensor"),
     (lambda: train(cfg={"steps": 3}), TypeError, "cfg must be a BIMTConfig, got 'dict'"),

@@ -74,7 +74,7 @@ def spent_iterator():
     (lambda: train((inputs(), labels(dtype=torch.int32)), loss=F.cross_entropy), ValueError,
      r"targets torch.int32 \(16,\) in \[0, 1\] \(RuntimeError: expected target dtype to be Long"),
     (lambda: train(loss=nn.MSELoss), TypeError,
-     r"loss_fn must be a function or a loss module instance, e.g. F.mse_loss or nn.MSELoss\(\) .*, not the class"),
+     r"loss_fn must be a function or a loss module instance, e.g. F.mse_loss or nn.MSELoss\(\) .*not the class"),
     # cross-entropy reads float targets as class probabilities: regression targets would train silently
     (lambda: train(loss=F.cross_entropy), ValueError,
      r"cross-entropy reads float targets as class probabilities \(>= 0, summing to 1 over dim 1\), which these "

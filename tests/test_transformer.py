@@ -161,7 +161,7 @@ def test_relocate_preserves_function_and_lowers_cost(n_heads):
 
 
 def test_bad_inputs():
-    with pytest.raises(ValueError, match="not divisible by n_heads"):
+    with pytest.raises(ValueError, match=r"d_model must be divisible by n_heads \(4\), got 10"):
         BioTransformer(2, 2, d_model=10, n_heads=4)
     with pytest.raises(ValueError, match="n_blocks must be a positive int"):
         BioTransformer(2, 2, n_blocks=0)

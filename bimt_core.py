@@ -744,6 +744,7 @@ class BIMTConfig:
     (AUTHORS_PROCEDURE) leaves AdamW's moments in place on a swap and relocate_follow='positions'."""
     steps: int = 20000
     lr: float = 2e-3
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay (a baseline regulariser; BIMT uses none)
     lam: float = 1e-3
     lam_schedule: tuple = ((0.25, 10.0), (0.75, 0.1))
     weight_factor: float = 1.0  # A
@@ -767,7 +768,7 @@ class BIMTConfig:
     def __post_init__(self):
         for name in ("steps", "swap_every", "eval_every"):
             _int(name, getattr(self, name))
-        _int("top_k", self.top_k, 0), _int("seed", self.seed, 0)
+        _int("top_k", self.top_k, 0), _int("seed", self.seed, 0), _number("weight_decay", self.weight_decay)
         _int("batch_size", self.batch_size, none=True), _int("threads", self.threads, none=True)
         _check(_is_real(self.lr) and self.lr > 0, "lr", self.lr, "a finite number > 0"), _number("lam", self.lam)
         _check(isinstance(self.lam_schedule, (tuple, list)) and all(isinstance(p, (tuple, list)) and len(p) == 2
@@ -865,7 +866,7 @@ def train(model: nn.Module, cfg: BIMTConfig, train_data: tuple, test_data: tuple
         gen = torch.Generator().manual_seed(cfg.seed)
         sampler = lambda step: torch.randint(len(x_tr), (cfg.batch_size,), generator=gen)  # noqa: E731
     # foreach: the same arithmetic as PyTorch's default single-tensor AdamW on CPU (bit for bit), in fewer ops
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0, foreach=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
     swap_opt = opt if cfg.swap_moves_optimizer_state else None
     hist = {k: [] for k in ("step", "train_loss", "test_loss", "metric", "cost", "lam", "swaps")}
     swaps, phases = 0, set(cfg.phase_starts())

@@ -61,7 +61,7 @@ from sweep import git_commit, parse_seeds, read_rows, write_rows  # noqa: E402
 THRESHOLD = 0.05           # connections >= 5% of their layer's max count (the notebooks' claims threshold)
 TARGETS = (0.9, 0.99)      # EAP faithfulness targets
 R2_LEARNED, ACC_LEARNED = 0.95, 0.9
-LAM_GRID = [float(f"{2 ** (k / 2):.6g}") for k in range(-6, 13)]  # l1_matched: lambda factors 1/8 .. 64, as the CSV writes them
+LAM_GRID = [float(f"{2 ** (k / 2):.6g}") for k in range(-6, 13)]  # l1_matched's lambda factors 1/8 .. 64, as in the CSV
 WD_GRID = (0.01, 0.1, 1.0)
 ARMS = ("bimt", "l1_swap", "l1_local", "l1", "l1_matched", "wd", "lam0")
 COMPARED = ("l1_matched", "l1", "wd", "lam0")  # bimt - each, in Q and circuit size
@@ -223,7 +223,7 @@ def arm_config(cfg: bc.BIMTConfig, arm: str, A: float, lam_factor: float | None 
 
 def scaled(cfg: bc.BIMTConfig, scale: float) -> bc.BIMTConfig:
     """Fewer steps (development only): the schedule's fractions are kept, swaps and evaluations as often."""
-    return cfg if scale == 1 else replace(cfg, steps=max(int(cfg.steps * scale), 2), eval_every=cfg.eval_every)
+    return cfg if scale == 1 else replace(cfg, steps=max(int(cfg.steps * scale), 2))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -231,6 +231,7 @@ def scaled(cfg: bc.BIMTConfig, scale: float) -> bc.BIMTConfig:
 
 
 class Trained(NamedTuple):
+    """A trained network, the seconds its training took and the swaps made."""
     model: bc.SwappableModel
     seconds: float
     swaps: int
@@ -337,8 +338,10 @@ def matched_factor(target: int, connections: dict) -> float:
     target in log among the last two: the pair that brackets it (or the grid's end, if none does)."""
     up = connections[1.0] > target
     walked = sorted(connections, reverse=not up)  # from 1 towards the target
-    crossed = next((i for i, f in enumerate(walked) if (connections[f] <= target) == up), len(walked) - 1)
-    return min(walked[max(crossed - 1, 0): crossed + 1],
+    crossed = next((i for i, f in enumerate(walked) if (connections[f] <= target) == up), None)
+    if crossed is None:  # the grid ended first: its last factor is the nearest
+        return walked[-1]
+    return min(walked[crossed - 1: crossed + 1],
                key=lambda f: abs(math.log(max(connections[f], 1) / max(target, 1))))
 
 
@@ -513,7 +516,8 @@ def task_summary(rows: list[dict], task: str, searched: list[dict]) -> list[str]
         used = {a: sorted({r[k] for r in rows if r["task"] == task and r["arm"] == a})
                 for a, k in (("l1_matched", "lam"), ("wd", "weight_decay"))}
         out += [f"Search at seed {search_rows[0]['seed']}: bimt keeps {bimt['connections'] if bimt else '?'} "
-                f"connections; l1 with lambda x factor keeps {l1}; l1_matched uses lambda {', '.join(used['l1_matched'])}. "
+                f"connections; l1 with lambda x factor keeps {l1}; l1_matched uses lambda "
+                f"{', '.join(used['l1_matched'])}. "
                 f"Weight decay -> {perf_name}: {wd}; wd uses "
                 f"{', '.join(used['wd'])}.", ""]
     head = ["arm", "learned (Wilson 95%)"] + [label if col != "perf" else perf_name for col, label, _, _ in QUANTITIES]
@@ -525,30 +529,46 @@ def task_summary(rows: list[dict], task: str, searched: list[dict]) -> list[str]
         lo, hi = wilson(k, len(runs))
         out.append(f"| {arm} | {k}/{len(runs)} [{lo:.2f}, {hi:.2f}] | " + " | ".join(
             spread(values(rows, task, arm, col).values(), fmt) for col, _, fmt, _ in QUANTITIES) + " |")
+    failed = {arm: [r["seed"] for r in rows if r["task"] == task and r["arm"] == arm and r["learned"] != "True"]
+              for arm in arms}
+    failures = [f"{arm} did not learn the task at seed(s) {', '.join(seeds)}" for arm, seeds in failed.items() if seeds]
+    supported = []  # filled by `comparison`
     out += ["", "Paired differences bimt - arm over the seeds where both learned the task: mean [bootstrap 95% "
             "interval]; sign test: seeds bimt above : below, exact two-sided p.", "",
             "| bimt - | quantity | pairs | difference | above : below | p | what the interval supports |",
             "|---|---|---|---|---|---|---|"]
-    fmts = {col: (fmt, better, label) for col, label, fmt, better in QUANTITIES}
     words = {"higher": ("bimt higher (better)", "bimt lower (worse)"),
              "smaller": ("bimt larger (worse)", "bimt smaller (better)")}
     for other in [a for a in COMPARED if a in arms and "bimt" in arms]:
-        for col in DIFFERENCES:
-            fmt, better, label = fmts[col]
-            d = paired(values(rows, task, "bimt", col), values(rows, task, other, col))
-            out.append(f"| {other} | {label} | {d.n if d else 0} | {diff_cell(d, fmt)} | "
-                       + (f"{d.above} : {d.below} | {d.p:.3g} | {verdict(d, *words[better])} |" if d else "- | - | - |"))
+        for col, label, fmt, better in (q for q in QUANTITIES if q[0] in DIFFERENCES):
+            out.append(comparison(rows, task, ("bimt", other), col, label, fmt, words[better], supported))
     out += ["", "Ablation: which shortens the wiring? wiring(a) - wiring(b) over the seeds where both learned; "
             "positive: b's wiring is shorter.", "",
             "| a - b | the effect of | pairs | difference | a above : below b | p | what the interval supports |",
             "|---|---|---|---|---|---|---|"]
     for a, b, effect in ABLATION:
         if a in arms and b in arms:
-            d = paired(values(rows, task, a, "wiring"), values(rows, task, b, "wiring"))
-            out.append(f"| {a} - {b} | {effect} | {d.n if d else 0} | {diff_cell(d, '.3g')} | "
-                       + (f"{d.above} : {d.below} | {d.p:.3g} | "
-                          f"{verdict(d, f'{b} shorter', f'{b} longer')} |" if d else "- | - | - |"))
+            out.append(comparison(rows, task, (a, b), "wiring", effect, ".3g", (f"{b} shorter", f"{b} longer"),
+                                  supported))
+    out += ["", "In words: " + "; ".join(failures or ["every run learned the task"]) + ". " + (
+        "Supported by the intervals: " + "; ".join(supported) + "." if supported else
+        "No difference between bimt and another arm, nor between the ablation's arms, is supported by the intervals.")]
     return out + [""]
+
+
+def comparison(rows: list[dict], task: str, arms: tuple, col: str, label: str, fmt: str, words: tuple,
+               supported: list) -> str:
+    """The table row of the paired difference arms[0] - arms[1] in a column; a difference the interval supports is
+    also appended to `supported`, in words (words: what a > b and a < b mean)."""
+    a, b = arms
+    d = paired(values(rows, task, a, col), values(rows, task, b, col))
+    if d is None:
+        return f"| {b if a == 'bimt' else f'{a} - {b}'} | {label} | 0 | no pairs | - | - | - |"
+    said = verdict(d, *words)
+    if said.startswith("supported"):
+        supported.append(f"{a} - {b} in {label}: {diff_cell(d, fmt)} over {d.n} seeds, {said[len('supported: '):]}")
+    first = b if a == "bimt" else f"{a} - {b}"
+    return f"| {first} | {label} | {d.n} | {diff_cell(d, fmt)} | {d.above} : {d.below} | {d.p:.3g} | {said} |"
 
 
 def summary(rows: list[dict], searched: list[dict]) -> str:
@@ -594,7 +614,7 @@ def main(argv=None) -> None:
     ap.add_argument("--n-null", type=int, default=20, help="shuffled networks per modularity z-score")
     ap.add_argument("--acdc-max", type=int, default=10000, help="ACDC runs on networks with at most this many "
                     "non-zero connections")
-    ap.add_argument("--fast", action="store_true", help="1/50 of the steps (development only): files end in _fast")
+    ap.add_argument("--fast", action="store_true", help="1/100 of the steps (development only): files end in _fast")
     ap.add_argument("--out", type=Path, help="the CSV (default results/locality_vs_sparsity.csv)")
     args = ap.parse_args(argv)
     try:
@@ -604,11 +624,11 @@ def main(argv=None) -> None:
     fast = "_fast" * args.fast  # a development run never touches the study's files
     args.out = args.out or ROOT / "results" / f"locality_vs_sparsity{fast}.csv"
     search_csv = args.out.with_name(args.out.stem + "_search.csv")
-    models = ROOT / "results" / "models" / f"locality_vs_sparsity{fast}"
+    models = args.out.parent / "models" / args.out.stem  # git-ignored (*.pt)
     os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")  # inherited by --jobs' processes
     torch.set_num_threads(1)
     if not args.summary:
-        commit, scale = git_commit(), 0.02 if args.fast else 1.0
+        commit, scale = git_commit(), 0.01 if args.fast else 1.0
         keys = [(t, a, s) for s in args.seeds for t in args.tasks for a in args.arms]  # seed-major: paired early
         todo = plan(args.out, keys, args.resume)
         if not args.resume:  # a rerun trains afresh

@@ -17,7 +17,10 @@ Arms, at each task's paper settings (the notebooks' configs, our clean procedure
   wd          lambda 0, AdamW weight decay (decoupled, on every parameter): the largest of 0.01, 0.1 and 1 (AdamW's
               default, a common value, the grokking value) whose network still learns the task in the search;
   lam0        lambda 0, no swaps: plain training.
-Seed s of every arm starts from the same initial weights, data and batches (all drawn from seed s).
+Seed s of every arm starts from the same initial weights, data and batches (all drawn from seed s). In exact
+arithmetic l1_swap would train l1's network with its neurons permuted (its loss ignores positions, and a swap moves
+AdamW's state with the neurons), so beyond the wiring the two differ only as far as rounding, summed in another
+order, makes their trajectories part.
 
 The searches run once per task at a seed outside the study (--search-seed, default 1000), each run a row of
 results/locality_vs_sparsity_search.csv: bimt's connections there are the target; lambda walks a grid of factors
@@ -28,7 +31,8 @@ Per run: the task's figure of merit on the test set and whether it learned the t
 the test set; classification: test accuracy >= 0.9); the connections >= 5% of their layer's max and their wiring
 length (bs.analyze, as the Fig 3 ablation counts them); the connected input-to-output components there; the
 weighted Newman modularity Q of the whole |W| graph with a seeded Louvain partition and its z-score against the
-same network with each weight matrix shuffled (bs.modularity); and circuits found by EAP with mean ablation on the
+same network with each weight matrix shuffled (bs.modularity: a very sparse network, shuffled, falls apart into
+small pieces whose Q is high, so its z can be negative); and circuits found by EAP with mean ablation on the
 test set, the metric minus the task loss: their size at faithfulness 0.9 and 0.99 and the area under faithfulness
 against size / all connections (bs.circuit_curve), ACDC's at 0.9 where it has at most --acdc-max candidates.
 

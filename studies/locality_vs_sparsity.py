@@ -65,6 +65,7 @@ from sweep import git_commit, parse_seeds, read_rows, write_rows  # noqa: E402
 THRESHOLD = 0.05           # connections >= 5% of their layer's max count (the notebooks' claims threshold)
 TARGETS = (0.9, 0.99)      # EAP faithfulness targets
 R2_LEARNED, ACC_LEARNED = 0.95, 0.9
+MIN_PAIRS = 5  # below this a percentile bootstrap has too few distinct resamples to judge a difference
 LAM_GRID = [float(f"{2 ** (k / 2):.6g}") for k in range(-6, 13)]  # l1_matched's lambda factors 1/8 .. 64, as in the CSV
 WD_GRID = (0.01, 0.1, 1.0)
 ARMS = ("bimt", "l1_swap", "l1_local", "l1", "l1_matched", "wd", "lam0")
@@ -455,9 +456,10 @@ def paired(a: dict, b: dict, seed: int = 0) -> PairedDifference | None:
 
 
 def verdict(diff: PairedDifference, larger: str, smaller: str) -> str:
-    """What the interval supports: 'larger' / 'smaller' (the words for a > b, a < b), or no difference."""
-    if diff.low is None:
-        return "too few pairs"
+    """What the interval supports: 'larger' / 'smaller' (the words for a > b, a < b), or no difference; no
+    verdict below MIN_PAIRS pairs."""
+    if diff.n < MIN_PAIRS:
+        return f"too few pairs to judge (< {MIN_PAIRS})"
     if diff.low > 0:
         return f"supported: {larger}"
     if diff.high < 0:
@@ -583,7 +585,8 @@ def summary(rows: list[dict], searched: list[dict]) -> str:
     lines = ["# Locality or sparsity? (studies/locality_vs_sparsity.py)", "",
              f"{len(rows)} runs ({', '.join(tasks)}); code {', '.join(commits)}; {hours:.1f} CPU hours of training "
              f"and circuit discovery (one thread per run). Arms, measures and tests: see the study's docstring. "
-             f"A difference is called supported only when its bootstrap 95% interval excludes 0.", ""]
+             f"A difference is called supported only when its bootstrap 95% interval excludes 0, and judged only "
+             f"over at least {MIN_PAIRS} pairs of seeds.", ""]
     for task in tasks:
         lines += task_summary(rows, task, searched)
     return "\n".join(lines)

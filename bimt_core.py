@@ -17,7 +17,6 @@ from functools import partial
 from typing import NamedTuple
 
 import numpy as np
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -799,21 +798,22 @@ def _loss_probe(loss_fn, out: torch.Tensor, y: torch.Tensor, name: str) -> torch
 @dataclass
 class BIMTConfig:
     """The knobs of one BIMT run (one `train` call); experiments subclass it. A layer spans length 1 (positions in
-    [0, 1]); a connection of weight w and length d costs |w| (A d + l0); the loss adds lambda times the cost.
-    steps: optimizer steps. lr: the default optimizer's learning rate (AdamW, no weight decay). lam: lambda, loss
-    per unit of cost. lam_schedule: (fraction, multiplier) pairs, lambda multiplied by each from step
-    int(fraction * steps) on. weight_factor: A, cost per unit |w| and length. l0: l0, every connection's cost per
-    unit |w|, in units of length. agg: 'sum' over all weights, or 'mean' within each tensor (Fig 5-8).
-    bias_penalty_from: fraction of steps after which biases pay l0 |b| (None: never). embedding_penalty: a token
-    embedding E pays l0 |E|. last_layer_l0_only: the last BioLinear pays l0 |w| alone (A = 0 there; MNIST). swap:
-    a swap pass (`relocate`) every swap_every steps, of top_k units per neuron layer (all of a narrower one), on
-    the training cost or swap_cost (`connection_cost` keywords; the paper's 'L1 + swap' trains with A = 0, swaps
-    with A = 1). batch_size: rows per step, drawn with replacement from seed (None: full batch). eval_every: steps
-    between evaluations. threads: torch's while `train` runs (None: as they are; one: tiny ops' overhead dominates,
-    benchmarks/bench_train.py). dtype: the model's and the data's. swap_moves_optimizer_state, relocate_follow:
-    ours (True, 'neurons'), or the authors' (AUTHORS_PROCEDURE): AdamW's moments stay on a swap, 'positions'."""
+    [0, 1]); a connection of weight w and length d costs |w| (A d + l0); the loss adds lambda times the cost. steps:
+    optimizer steps. lr, weight_decay: the default optimizer's (AdamW; BIMT uses no weight decay). lam: lambda, loss
+    per unit of cost. lam_schedule: (fraction, multiplier) pairs, lambda multiplied by each from step int(fraction *
+    steps) on. weight_factor: A, cost per unit |w| and length. l0: l0, every connection's cost per unit |w|, in units
+    of length. agg: 'sum' over all weights, or 'mean' within each tensor (Fig 5-8). bias_penalty_from: fraction of
+    steps after which biases pay l0 |b| (None: never). embedding_penalty: a token embedding E pays l0 |E|.
+    last_layer_l0_only: the last BioLinear pays l0 |w| alone (A = 0 there; MNIST). swap: a swap pass (`relocate`)
+    every swap_every steps, of top_k units per neuron layer (all of a narrower one), on the training cost or
+    swap_cost (`connection_cost` keywords; the paper's 'L1 + swap' trains with A = 0, swaps with A = 1). batch_size:
+    rows per step, drawn with replacement from seed (None: full batch). eval_every: steps between evaluations.
+    threads: torch's while `train` runs (None: as they are; one: tiny ops' overhead dominates,
+    benchmarks/bench_train.py). dtype: the model's and the data's. swap_moves_optimizer_state, relocate_follow: ours
+    (True, 'neurons'), or the authors' (AUTHORS_PROCEDURE): AdamW's moments stay on a swap, 'positions'."""
     steps: int = 20000
     lr: float = 2e-3
+    weight_decay: float = 0.0
     lam: float = 1e-3
     lam_schedule: tuple = ((0.25, 10.0), (0.75, 0.1))
     weight_factor: float = 1.0
@@ -836,7 +836,7 @@ class BIMTConfig:
 
     def __post_init__(self):
         _int("steps", self.steps), _int("swap_every", self.swap_every), _int("eval_every", self.eval_every)
-        _int("top_k", self.top_k, 0), _int("seed", self.seed, 0)
+        _int("top_k", self.top_k, 0), _int("seed", self.seed, 0), _number("weight_decay", self.weight_decay)
         _int("batch_size", self.batch_size, none=True), _int("threads", self.threads, none=True)
         _check(_is_real(self.lr) and self.lr > 0, "lr", self.lr, "a finite number > 0"), _number("lam", self.lam)
         _check(isinstance(self.lam_schedule, (tuple, list)) and all(isinstance(p, (tuple, list)) and len(p) == 2
@@ -908,10 +908,9 @@ def swap_pass(model: nn.Module, cfg: BIMTConfig, optimizer: torch.optim.Optimize
     swap cost where cfg.swap and step + 1 is a multiple of cfg.swap_every, else none. The optimizer's
     per-parameter state moves with the units if cfg.swap_moves_optimizer_state. Returns the number of swaps."""
     _cfg_step(cfg, step)
-    if not cfg.swap or (step + 1) % cfg.swap_every:
-        return 0
+    due = cfg.swap and (step + 1) % cfg.swap_every == 0
     return relocate(model, cfg.top_k, optimizer if cfg.swap_moves_optimizer_state else None, cfg.relocate_follow,
-                    **cfg.swap_cost_kwargs(step))
+                    **cfg.swap_cost_kwargs(step)) if due else 0
 
 def train(model: nn.Module, cfg: BIMTConfig, train_data, test_data, loss_fn, metric_fn=None, snapshot_fn=None,
           snapshot_every: int | None = None, progress: bool = True, sampler=None, optimizer=None,
@@ -920,7 +919,7 @@ def train(model: nn.Module, cfg: BIMTConfig, train_data, test_data, loss_fn, met
     data moved there). train_data: an (inputs, targets) pair of tensors (full batch, cfg.batch_size rows per step,
     or the rows sampler(step) returns), or any iterable of such batches (a DataLoader), cycled; test_data: a pair
     or an iterable of batches (concatenated once). optimizer(params) -> torch.optim.Optimizer (default AdamW, lr
-    cfg.lr, no weight decay); scheduler(optimizer) -> LRScheduler, stepped after every update. metric_fn(outputs,
+    cfg.lr, cfg.weight_decay); scheduler(optimizer) -> LRScheduler, stepped after every update. metric_fn(outputs,
     targets) -> float and the test loss every cfg.eval_every steps and at the last; snapshot_fn(step, model) every
     snapshot_every steps and at the last. Before the first step the data (finite, shapes, dtypes) and loss_fn are
     checked; a loss that turns non-finite stops the run. Calling train again on the model continues: cfg.steps
@@ -953,7 +952,8 @@ def train(model: nn.Module, cfg: BIMTConfig, train_data, test_data, loss_fn, met
     elif widths and cfg.top_k > max(widths):
         warnings.warn(f"top_k={cfg.top_k} exceeds every swappable layer's width (at most {max(widths)} units): "
                       f"each swap pass tries every unit, as top_k={max(widths)} would", stacklevel=2)
-    opt = (optimizer or partial(torch.optim.AdamW, lr=cfg.lr, weight_decay=0.0, foreach=True))(model.parameters())
+    adamw = partial(torch.optim.AdamW, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+    opt = (optimizer or adamw)(model.parameters())
     _check(isinstance(opt, torch.optim.Optimizer), "optimizer(params)", opt, "a torch.optim.Optimizer", TypeError)
     sched, threads, phases = scheduler and scheduler(opt), torch.get_num_threads(), set(cfg.phase_starts())
     if cfg.threads is not None:

@@ -1,8 +1,9 @@
 """Seeing a trained BIMT network: which neurons and connections survive, the modules they form, circuits
-found by attribution (EAP, ACDC) and checked on planted circuits, pruning and interventions, network drawings,
-training GIFs, widgets, and the checked claims of the notebooks with their success rates over seeds (Wilson
-intervals). The method itself (layers, cost, swapping, training) is bimt_core; this module imports it and is
-never imported by it. Top to bottom: analysis -> circuits -> circuits against ground truth -> plotting -> claims.
+found by attribution (EAP, ACDC) and checked on planted circuits, modularity as a number, pruning and
+interventions, network drawings, training GIFs, widgets, and the checked claims of the notebooks with their
+success rates over seeds (Wilson intervals). The method itself (layers, cost, swapping, training) is bimt_core;
+this module imports it and is never imported by it. Top to bottom: analysis -> circuits -> circuits against
+ground truth -> modularity -> plotting -> claims.
 """
 from __future__ import annotations
 
@@ -26,10 +27,11 @@ import torch.nn.functional as F
 
 import bimt_core as bc
 
-__all__ = ["network_graph", "surviving", "active_neurons", "Module", "find_modules", "reach_matrices", "NetworkReport",
-           "analyze", "embedding_modules", "Pruned", "prune", "restore", "intervene", "edge_attribution",
-           "circuit_faithfulness", "Circuit", "discover_circuit", "compact", "Planted", "planted_mlp", "roc_auc", "Roc",
-           "roc_curve", "plot_network", "plot_network_3d", "snapshot_recorder", "draw_snapshot", "save_gif",
+__all__ = ["network_graph", "surviving", "active_neurons", "Module", "find_modules", "reach_matrices",
+           "NetworkReport", "analyze", "embedding_modules", "Pruned", "prune", "restore", "intervene",
+           "edge_attribution", "circuit_faithfulness", "Circuit", "discover_circuit", "compact", "Planted",
+           "planted_mlp", "roc_auc", "Roc", "roc_curve", "weight_graph", "Modularity", "modularity", "CircuitCurve",
+           "circuit_curve", "plot_network", "plot_network_3d", "snapshot_recorder", "draw_snapshot", "save_gif",
            "threshold_view", "threshold_explorer", "Claims", "figures_dir", "Interval", "wilson", "Rate", "ClaimRate",
            "claim_tally", "claim_rates"]
 
@@ -590,6 +592,159 @@ def roc_curve(scores, labels) -> Roc:
     tp, fp = np.cumsum(y)[ends], np.cumsum(~y)[ends]
     return Roc(np.r_[0, fp] / fp[-1], np.r_[0, tp] / tp[-1])
 
+# -- Modularity --------------------------------------------------------------------------------------
+# How modular a network is, as a number (Newman's Q of its |W| graph against a shuffled null), and how small its
+# circuits are (the faithfulness of EAP's top-k circuits against k). studies/locality_vs_sparsity.py compares
+# training methods with both.
+
+def _edge_weights(graph: bc.Graph, threshold: float) -> list:
+    """Per BioLinear edge of `graph`, (edge, |W| (out, in) float64 numpy) with what `surviving` drops set to 0."""
+    return [(e, (e.linear.weight.detach().abs().cpu().double() * m).numpy())
+            for e, m in zip(graph.edges, surviving(graph, threshold)) if e.linear is not None]
+
+def _unit_graph(graph: bc.Graph, weights: list):
+    """The undirected networkx graph on (row index, unit) of the weights of `_edge_weights`: a connection adds
+    its |w| to the edge between its two units (fold copies are one unit, as in `find_modules`)."""
+    import networkx as nx
+
+    offset = np.cumsum([0] + [int(r.unit.max()) + 1 for r in graph.rows])
+    keys, vals = [], []
+    for e, w in weights:
+        o, i = w.nonzero()
+        dst = offset[e.dst] + graph.rows[e.dst].unit.numpy()[o]
+        src = offset[e.src] + graph.rows[e.src].unit[e.src_cols()].numpy()[i]
+        keys.append(src * offset[-1] + dst)  # src row < dst row: each unordered pair has one key
+        vals.append(w[o, i])
+    keys, vals = np.concatenate(keys), np.concatenate(vals)
+    pairs, where = np.unique(keys, return_inverse=True)
+    total = np.bincount(where, weights=vals)
+    row = np.searchsorted(offset, np.arange(offset[-1]), side="right") - 1
+    name = [(int(r), int(n - offset[r])) for n, r in enumerate(row)]
+    g = nx.Graph()
+    g.add_nodes_from(name)
+    g.add_weighted_edges_from((name[a], name[b], float(t)) for a, b, t in zip(pairs // offset[-1],
+                                                                                pairs % offset[-1], total))
+    return g
+
+def weight_graph(model: nn.Module, threshold: float = 0.0, graph: bc.Graph | None = None):
+    """The |W| graph of a model as an undirected weighted networkx.Graph. Nodes: (row index, unit) for every
+    neuron of the rows of model.graph(); edge weight: the sum of |W_ij| over the BioLinear connections between
+    two units (identity skips are not connections), with |w| < threshold * its layer's max |w| dropped."""
+    graph = network_graph(model, graph)
+    return _unit_graph(graph, _edge_weights(graph, threshold))
+
+@dataclass
+class Modularity:
+    """Newman modularity of a network's |W| graph (see `modularity`). communities: the Louvain communities of the
+    connected neurons, each a sorted list of (row index, unit), largest first (isolated neurons, which leave Q
+    unchanged, are left out); null_q: Q of each shuffled network; z = (q - null_mean) / null_std (ddof 1)."""
+    q: float
+    communities: list
+    null_mean: float
+    null_std: float
+    z: float
+    null_q: list
+    threshold: float
+    seed: int
+
+    def __str__(self):
+        return (f"Q {self.q:.3f} ({len(self.communities)} communities); shuffled within layers {self.null_mean:.3f} "
+                f"+- {self.null_std:.3f} over {len(self.null_q)} draws: z = {self.z:.1f}")
+
+def _louvain(g, seed: int) -> tuple:
+    """(Q, communities) of the seeded Louvain partition of g (weights 'weight', resolution 1)."""
+    import networkx as nx
+
+    if g.size(weight="weight") <= 0:
+        raise ValueError("the network has no connection left (every |w| is 0 or below the threshold): its "
+                         "modularity is undefined")
+    comms = nx.community.louvain_communities(g, weight="weight", seed=seed)
+    return nx.community.modularity(g, comms, weight="weight"), comms
+
+def modularity(model: nn.Module, threshold: float = 0.0, n_null: int = 20, seed: int = 0,
+               graph: bc.Graph | None = None) -> Modularity:
+    """Weighted Newman modularity Q = sum_c [w_c / m - (d_c / 2m)^2] (w_c: weight inside community c, d_c: its
+    total degree, m: all weight) of `weight_graph(model, threshold)`, partitioned by Louvain with `seed`. Null:
+    the same network with the entries of each weight matrix permuted (n_null draws from numpy's generator at
+    `seed`), so each layer keeps its weights and only their placement is random. Q alone flatters deep chains of
+    layers (communities of consecutive layers score well at random); the null keeps that part, so z does not."""
+    bc._number("threshold", threshold, 0, 1), bc._int("n_null (shuffled draws)", n_null, 2), bc._int("seed", seed, 0)
+    graph = network_graph(model, graph)
+    weights = _edge_weights(graph, threshold)
+    g = _unit_graph(graph, weights)
+    q, comms = _louvain(g, seed)
+    rng = np.random.default_rng(seed)
+    null = [_louvain(_unit_graph(graph, [(e, rng.permutation(w.ravel()).reshape(w.shape)) for e, w in weights]),
+                     seed)[0] for _ in range(n_null)]
+    mean, std = float(np.mean(null)), float(np.std(null, ddof=1))
+    comms = sorted((sorted(c) for c in comms if len(c) > 1 or g.degree(next(iter(c)), weight="weight") > 0),
+                   key=lambda c: (-len(c), c))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = float(np.divide(q - mean, std))  # +-inf (or NaN) when every shuffle gives the same Q
+    return Modularity(float(q), comms, mean, std, z, [float(v) for v in null], threshold, seed)
+
+@dataclass
+class CircuitCurve:
+    """Faithfulness of EAP circuits against their size (see `circuit_curve`). sizes[k] connections kept (the
+    top by `edge_attribution`) give faithfulness[k]; total: every BioLinear connection; candidates: the non-zero
+    ones; size_at: {target: the size of `discover_circuit(..., target, 'eap')`}; auc: the area under
+    faithfulness against size / total, on [0, 1] (1: one connection would be enough)."""
+    sizes: list
+    faithfulness: list
+    total: int
+    candidates: int
+    size_at: dict
+    auc: float
+    seconds: float
+
+    def __str__(self):
+        at = ", ".join(f"{s} at faithfulness {t:g}" for t, s in self.size_at.items())
+        return f"EAP circuits of {self.total} connections: {at}; area under the curve {self.auc:.4f}"
+
+def _curve_sizes(n: int, points: int) -> np.ndarray:
+    """Every size 0..n if n < points, else about `points` sizes, half evenly spaced and half log-spaced (circuits
+    of a sparse network are a small fraction of it)."""
+    if n < points:
+        return np.arange(n + 1)
+    return np.unique(np.concatenate([np.linspace(0, n, points // 2), np.geomspace(1, n, points // 2)]).round()
+                     ).astype(int)
+
+def circuit_curve(model: nn.Module, x: torch.Tensor, metric, targets=(0.9, 0.99),
+                  baseline: torch.Tensor | None = None, points: int = 200,
+                  graph: bc.Graph | None = None) -> CircuitCurve:
+    """How faithfulness grows with the size of EAP's circuits: the top-k non-zero connections by
+    `edge_attribution` for k on `_curve_sizes` (every k below `points` candidates), scored by
+    `circuit_faithfulness`; beyond the candidates every zero weight is added to no effect (faithfulness 1). x: a
+    batch (B, ...) as model(x) takes it; metric(output) -> scalar tensor and baseline (None: mean ablation, or a
+    corrupted x) as in `discover_circuit`, whose EAP circuits give size_at. auc: trapezoidal area under
+    (size / total, faithfulness)."""
+    bc._int("points", points, 2)
+    bc._check(isinstance(targets, (tuple, list)) and targets and all(bc._is_real(t, 0, 1) and t > 0 for t in targets),
+              "targets", targets, "a non-empty list of faithfulness targets in (0, 1]")
+    t0, graph = time.perf_counter(), network_graph(model, graph)
+    scores = edge_attribution(model, x, metric, baseline, graph)
+    lins = [k for k, e in enumerate(graph.edges) if e.linear is not None]
+    cand = torch.cat([(graph.edges[k].linear.weight.detach().cpu() != 0).flatten() for k in lins])
+    flat = torch.where(cand, torch.cat([scores[k].flatten() for k in lins]), -1.0)
+    order = flat.argsort(descending=True, stable=True)  # non-candidates (score -1) last
+    faith = _faithfulness(model, graph, x, metric, baseline)
+    total, n, split = len(flat), int(cand.sum()), [graph.edges[k].linear.weight.numel() for k in lins]
+
+    def value(k):
+        keep = torch.zeros(total, dtype=torch.bool)
+        keep[order[:k]] = True
+        parts = iter(keep.split(split))
+        return faith([None if e.linear is None else next(parts).view_as(e.linear.weight) for e in graph.edges])
+
+    sizes = _curve_sizes(n, points).tolist()
+    values = [value(k) for k in sizes]
+    if n < total:  # the zero weights change nothing: faithfulness stays at the full network's, 1
+        sizes, values = sizes + [total], values + [1.0]
+    v, frac = np.asarray(values), np.asarray(sizes) / total
+    auc = float(((v[1:] + v[:-1]) / 2 * np.diff(frac)).sum())  # the trapezoid rule (numpy < 2 lacks trapezoid)
+    size_at = {t: len(discover_circuit(model, x, metric, t, "eap", baseline, graph=graph).edges) for t in targets}
+    return CircuitCurve(sizes, values, total, n, size_at, auc, time.perf_counter() - t0)
+
 # -- Plotting ----------------------------------------------------------------------------------------
 def _draw_connections(add, collection, graph: bc.Graph, masks: list, points: list, max_lw: float, **kw) -> list:
     """add(collection(...)) per edge: segments between `points` (blue +, red -, alpha and width ~ |w| / max |w|,
@@ -785,7 +940,8 @@ def threshold_explorer(model: nn.Module, metric_fn=None, graph: bc.Graph | None 
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
 
-    bc._check(bc._is_real(max_threshold, 0, 1) and max_threshold > 0, "max_threshold", max_threshold, "a number in (0, 1]")
+    bc._check(bc._is_real(max_threshold, 0, 1) and max_threshold > 0, "max_threshold", max_threshold,
+              "a number in (0, 1]")
     slider = widgets.FloatSlider(value=0.0, min=0.0, max=max_threshold, step=max_threshold / 100,
                                  description="threshold", continuous_update=False, readout_format=".2f")
     image, text = widgets.Image(format="png"), widgets.HTML()

@@ -83,23 +83,24 @@ def parse_seeds(tokens: list[str]) -> list[int]:
     return sorted(seeds)
 
 
-def read_rows(path: Path) -> list[dict]:
+def read_rows(path: Path, columns: list = COLUMNS) -> list[dict]:
+    """The rows of a results CSV with these columns (other studies pass theirs); none if there is no file."""
     if not path.is_file():
         return []
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
-        if reader.fieldnames != COLUMNS:
-            sys.exit(f"{path}: columns {reader.fieldnames}, expected {COLUMNS}; move it away or pass another --out")
+        if reader.fieldnames != columns:
+            sys.exit(f"{path}: columns {reader.fieldnames}, expected {columns}; move it away or pass another --out")
         return list(reader)
 
 
-def write_rows(path: Path, rows: list[dict], append: bool = False) -> None:
+def write_rows(path: Path, rows: list[dict], append: bool = False, columns: list = COLUMNS) -> None:
     """Append (the header first if the file is new), or replace the file atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     new = not append or not path.is_file() or path.stat().st_size == 0
     target = path.with_suffix(".tmp") if not append else path
     with target.open("a" if append else "w", newline="") as f:
-        writer = csv.DictWriter(f, COLUMNS)
+        writer = csv.DictWriter(f, columns)
         if new:
             writer.writeheader()
         writer.writerows(rows)

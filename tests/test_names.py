@@ -10,6 +10,7 @@ import pytest
 
 import bimt_core as bc
 import bimt_data as bd
+import bimt_ensemble as be
 import bimt_seeing as bs
 
 
@@ -24,7 +25,7 @@ def public_definitions(module) -> list:
     return [n for n in names if not n.startswith("_")]
 
 
-@pytest.mark.parametrize("module", [bc, bs, bd])
+@pytest.mark.parametrize("module", [bc, bs, bd, be])
 def test_all_lists_exactly_the_public_definitions(module):
     assert sorted(module.__all__) == sorted(public_definitions(module))
     assert all(getattr(module, name) is not None for name in module.__all__)

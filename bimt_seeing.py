@@ -688,7 +688,7 @@ class CircuitCurve:
     """Faithfulness of EAP circuits against their size (see `circuit_curve`). sizes[k] connections kept (the
     top by `edge_attribution`) give faithfulness[k]; total: every BioLinear connection; candidates: the non-zero
     ones; size_at: {target: the size of `discover_circuit(..., target, 'eap')`}; auc: the area under
-    faithfulness against size / total, on [0, 1] (1: one connection would be enough)."""
+    faithfulness, clipped to [0, 1], against size / total, on [0, 1] (1: one connection would be enough)."""
     sizes: list
     faithfulness: list
     total: int
@@ -717,7 +717,9 @@ def circuit_curve(model: nn.Module, x: torch.Tensor, metric, targets=(0.9, 0.99)
     `circuit_faithfulness`; beyond the candidates every zero weight is added to no effect (faithfulness 1). x: a
     batch (B, ...) as model(x) takes it; metric(output) -> scalar tensor and baseline (None: mean ablation, or a
     corrupted x) as in `discover_circuit`, whose EAP circuits give size_at. auc: trapezoidal area under
-    (size / total, faithfulness)."""
+    (size / total, faithfulness clipped to [0, 1]): a partial circuit of a dense network can overshoot the full
+    one's metric or fall far below the empty one's (faithfulness 3 or -100), and one such size would outweigh the
+    rest of the curve; clipped, it counts as a faithful circuit or as none."""
     bc._int("points", points, 2)
     bc._check(isinstance(targets, (tuple, list)) and targets and all(bc._is_real(t, 0, 1) and t > 0 for t in targets),
               "targets", targets, "a non-empty list of faithfulness targets in (0, 1]")
@@ -740,7 +742,7 @@ def circuit_curve(model: nn.Module, x: torch.Tensor, metric, targets=(0.9, 0.99)
     values = [value(k) for k in sizes]
     if n < total:  # the zero weights change nothing: faithfulness stays at the full network's, 1
         sizes, values = sizes + [total], values + [1.0]
-    v, frac = np.asarray(values), np.asarray(sizes) / total
+    v, frac = np.clip(values, 0.0, 1.0), np.asarray(sizes) / total
     auc = float(((v[1:] + v[:-1]) / 2 * np.diff(frac)).sum())  # the trapezoid rule (numpy < 2 lacks trapezoid)
     size_at = {t: len(discover_circuit(model, x, metric, t, "eap", baseline, graph=graph).edges) for t in targets}
     return CircuitCurve(sizes, values, total, n, size_at, auc, time.perf_counter() - t0)

@@ -34,7 +34,7 @@ weighted Newman modularity Q of the whole |W| graph with a seeded Louvain partit
 same network with each weight matrix shuffled (bs.modularity: a very sparse network, shuffled, falls apart into
 small pieces whose Q is high, so its z can be negative); and circuits found by EAP with mean ablation on the
 test set, the metric minus the task loss: their size at faithfulness 0.9 and 0.99 and the area under faithfulness
-against size / all connections (bs.circuit_curve), ACDC's at 0.9 where it has at most --acdc-max candidates.
+(clipped to [0, 1]) against size / all connections (bs.circuit_curve), ACDC's at 0.9 where it has at most --acdc-max candidates.
 
 The summary compares only runs that learned the task: per arm the mean and range of each quantity, and the paired
 differences bimt - l1_matched, bimt - l1, bimt - wd and bimt - lam0 (and, for the wiring, the ablation's pairs)

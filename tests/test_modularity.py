@@ -181,6 +181,15 @@ def test_the_curve_of_a_linear_layer_is_the_cumulative_share_of_its_weights():
     assert "3 at faithfulness 0.9" in str(c)
 
 
+def test_the_area_counts_an_overshooting_circuit_as_a_faithful_one():
+    # contributions 4, -2, 1 of 3: the top-1 circuit overshoots (4/3), the top-2 falls back (2/3)
+    c = bs.circuit_curve(linear([4.0, -2.0, 1.0]), torch.ones(2, 3), lambda out: out.mean(),
+                         baseline=torch.zeros(2, 3))
+    assert c.faithfulness == pytest.approx([0, 4 / 3, 2 / 3, 1], abs=1e-6)  # raw
+    clipped = [0, 1, 2 / 3, 1]
+    assert c.auc == pytest.approx(sum((clipped[k] + clipped[k + 1]) / 2 for k in range(3)) / 3, abs=1e-6)
+
+
 def test_a_large_network_is_sampled_from_nothing_to_every_candidate():
     model = bc.BioMLP([4, 20, 20, 2], generator=torch.Generator().manual_seed(0))
     x = torch.rand(50, 4, generator=torch.Generator().manual_seed(1))

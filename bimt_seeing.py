@@ -32,7 +32,8 @@ __all__ = ["network_graph", "surviving", "active_neurons", "Module", "find_modul
            "edge_attribution", "circuit_faithfulness", "Circuit", "discover_circuit", "compact", "Planted",
            "planted_mlp", "roc_auc", "Roc", "roc_curve", "weight_graph", "Modularity", "modularity", "CircuitCurve",
            "circuit_curve", "plot_network", "plot_network_3d", "snapshot_recorder", "draw_snapshot", "save_gif",
-           "threshold_view", "threshold_explorer", "Claims", "figures_dir", "Interval", "wilson", "Rate", "ClaimRate",
+           "threshold_view", "threshold_explorer", "Claims", "figures_dir", "Interval", "wilson", "bootstrap_ci",
+           "sign_test", "MIN_PAIRS", "PairedDifference", "paired", "verdict", "Rate", "ClaimRate",
            "claim_tally", "claim_rates"]
 
 # -- Analysis ----------------------------------------------------------------------------------------
@@ -996,7 +997,7 @@ def figures_dir() -> Path:
     return path
 
 class Interval(NamedTuple):
-    """A confidence interval [lo, hi] of a rate."""
+    """A confidence interval [lo, hi]: of a rate (`wilson`) or of a mean (`bootstrap_ci`)."""
     lo: float
     hi: float
 
@@ -1010,6 +1011,60 @@ def wilson(k: int, n: int, z: float = 1.96) -> Interval:
     centre = (p + z2 / (2 * n)) / (1 + z2 / n)
     half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
     return Interval(0.0 if k == 0 else centre - half, 1.0 if k == n else centre + half)  # exact ends, not rounded
+
+def bootstrap_ci(diffs, n_boot: int = 10000, seed: int = 0, level: float = 0.95) -> Interval:
+    """Percentile bootstrap interval of the mean of diffs (n,), n >= 2: resampled with replacement n_boot times
+    by numpy's generator at seed."""
+    d = np.asarray(diffs, dtype=float)
+    bc._check(d.ndim == 1 and len(d) >= 2, "diffs", f"{d.size} value(s) of shape {d.shape}",
+              "at least two paired differences in a 1-d array")
+    bc._int("n_boot", n_boot, 1), bc._int("seed", seed, 0)
+    bc._check(bc._is_real(level) and 0 < level < 1, "level", level, "a confidence level in (0, 1)")
+    means = d[np.random.default_rng(seed).integers(0, len(d), (n_boot, len(d)))].mean(1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return Interval(float(lo), float(hi))
+
+def sign_test(above: int, below: int) -> float:
+    """Exact two-sided sign test: P(a split at least as uneven as above : below | fair coin), ties left out."""
+    bc._int("above", above, 0), bc._int("below", below, 0)
+    n, k = above + below, min(above, below)
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
+
+MIN_PAIRS = 5  # below this a percentile bootstrap has too few distinct resamples to judge a difference
+
+class PairedDifference(NamedTuple):
+    """mean of a - b over n paired seeds, its bootstrap 95% interval [low, high] (None below two pairs, where
+    there is none), the exact two-sided sign test's p (ties dropped) and the seeds where a > b, a < b."""
+    n: int
+    mean: float
+    low: float | None
+    high: float | None
+    p: float
+    above: int
+    below: int
+
+def paired(a: dict, b: dict, seed: int = 0) -> PairedDifference | None:
+    """a - b over the seeds both dicts hold ({seed: value}), bootstrapped at `seed`; None if they share none."""
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return None
+    d = [a[s] - b[s] for s in seeds]
+    low, high = bootstrap_ci(d, seed=seed) if len(d) >= 2 else (None, None)
+    above, below = sum(v > 0 for v in d), sum(v < 0 for v in d)
+    return PairedDifference(len(d), float(np.mean(d)), low, high, sign_test(above, below), above, below)
+
+def verdict(diff: PairedDifference, larger: str, smaller: str) -> str:
+    """What the interval supports: 'supported: ' + larger / smaller (the words for a > b, a < b) when it
+    excludes 0, else no difference; no verdict below MIN_PAIRS pairs."""
+    if diff.n < MIN_PAIRS:
+        return f"too few pairs to judge (< {MIN_PAIRS})"
+    if diff.low > 0:
+        return f"supported: {larger}"
+    if diff.high < 0:
+        return f"supported: {smaller}"
+    return "not supported (the interval holds 0)"
 
 class Rate(NamedTuple):
     """k successes in n trials; str: '20% (2/10; 6-51%)', the rate, the count and its Wilson 95% interval

@@ -6,6 +6,7 @@ Not collected by pytest. Resumable: every finished run is one row of results/loc
     python studies/locality_vs_sparsity.py --tasks independence compositionality --resume   # runs, then summary
     python studies/locality_vs_sparsity.py --tasks modadd --seeds 0-4 --jobs 2 --resume
     python studies/locality_vs_sparsity.py --summary        # only rewrite results/locality_vs_sparsity.md
+    python studies/locality_vs_sparsity.py --export         # seed-0 networks -> results/locality_vs_sparsity_seed0.npz
 
 Arms, at each task's paper settings (the notebooks' configs, our clean procedure), A the paper's weight factor:
   bimt        the connection cost A d + l0 and swaps (full BIMT);
@@ -65,7 +66,6 @@ from sweep import git_commit, parse_seeds, read_rows, write_rows  # noqa: E402
 THRESHOLD = 0.05           # connections >= 5% of their layer's max count (the notebooks' claims threshold)
 TARGETS = (0.9, 0.99)      # EAP faithfulness targets
 R2_LEARNED, ACC_LEARNED = 0.95, 0.9
-MIN_PAIRS = 5  # below this a percentile bootstrap has too few distinct resamples to judge a difference
 LAM_GRID = [float(f"{2 ** (k / 2):.6g}") for k in range(-6, 13)]  # l1_matched's lambda factors 1/8 .. 64, as in the CSV
 WD_GRID = (0.01, 0.1, 1.0)
 ARMS = ("bimt", "l1_swap", "l1_local", "l1", "l1_matched", "wd", "lam0")
@@ -304,6 +304,51 @@ def run_one(job: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Seed-0 networks for drawing: one small committed file, since the trained weights (*.pt) are not committed
+
+
+def export_seed0(models: Path, path: Path) -> list[tuple]:
+    """Write the state_dicts of seed 0 of every task and arm whose trained weights are in `models` into one .npz
+    at `path`, keyed 'task/arm/param'; returns the (task, arm) pairs written, in TASKS and ARMS order."""
+    arrays, done = {}, []
+    for task in TASKS:
+        for arm in ARMS:
+            file = model_file(models, dict(task=task, arm=arm, seed=0))
+            if file.is_file():
+                for name, value in torch.load(file)["state"].items():
+                    arrays[f"{task}/{arm}/{name}"] = value.numpy()
+                done.append((task, arm))
+    if not done:
+        raise FileNotFoundError(f"{models}: no trained seed-0 weights (*-seed0.pt) to export; run the study first")
+    np.savez_compressed(path, **arrays)
+    return done
+
+
+def load_seed0(path: Path = ROOT / "results" / "locality_vs_sparsity_seed0.npz") -> dict:
+    """{task: {arm: model}}: the seed-0 networks of `export_seed0`, each rebuilt as its task makes it at seed 0
+    (TASKS[task].make(0).model) with the saved weights loaded, in TASKS and ARMS order."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no exported seed-0 networks; run: python studies/locality_vs_sparsity.py "
+                                f"--export")
+    with np.load(path) as saved:
+        states = {}
+        for key in saved.files:
+            task, arm, name = key.split("/", 2)
+            if task not in TASKS or arm not in ARMS:
+                raise ValueError(f"{path}: key {key!r} names task {task!r} and arm {arm!r}; expected a task of "
+                                 f"{', '.join(TASKS)} and an arm of {', '.join(ARMS)}")
+            states.setdefault(task, {}).setdefault(arm, {})[name] = torch.from_numpy(saved[key])
+    nets = {}
+    for task in (t for t in TASKS if t in states):
+        for arm in (a for a in ARMS if a in states[task]):
+            model = TASKS[task].make(0).model
+            model.load_state_dict(states[task][arm])
+            nets.setdefault(task, {})[arm] = model
+    return nets
+
+
+# ----------------------------------------------------------------------------------------------------------
 # The CSVs
 
 
@@ -401,73 +446,6 @@ def search(task: Task, path: Path, seed: int, scale: float, commit: str) -> dict
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Statistics
-
-
-class PairedDifference(NamedTuple):
-    """mean of a - b over n paired seeds, its bootstrap 95% interval [low, high] (None below two pairs), the exact
-    two-sided sign test's p (ties dropped) and the seeds where a > b, a < b."""
-    n: int
-    mean: float
-    low: float | None
-    high: float | None
-    p: float
-    above: int
-    below: int
-
-
-def bootstrap_ci(diffs, n_boot: int = 10000, seed: int = 0, level: float = 0.95) -> tuple:
-    """Percentile bootstrap interval of the mean of diffs (>= 2 values): resampled with replacement n_boot times
-    by numpy's generator at seed."""
-    d = np.asarray(diffs, dtype=float)
-    if d.ndim != 1 or len(d) < 2:
-        raise ValueError(f"a bootstrap interval needs at least two paired differences, got {len(d.ravel())}")
-    means = d[np.random.default_rng(seed).integers(0, len(d), (n_boot, len(d)))].mean(1)
-    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return float(lo), float(hi)
-
-
-def sign_test(above: int, below: int) -> float:
-    """Exact two-sided sign test: P(a split at least as uneven as above : below | fair coin), ties left out."""
-    n, k = above + below, min(above, below)
-    if n == 0:
-        return 1.0
-    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
-
-
-def wilson(k: int, n: int, z: float = 1.959964) -> tuple:
-    """Wilson score 95% interval of a rate k / n."""
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return (centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)
-
-
-def paired(a: dict, b: dict, seed: int = 0) -> PairedDifference | None:
-    """a - b over the seeds both dicts hold ({seed: value}); None if they share none."""
-    seeds = sorted(set(a) & set(b))
-    if not seeds:
-        return None
-    d = [a[s] - b[s] for s in seeds]
-    low, high = bootstrap_ci(d, seed=seed) if len(d) >= 2 else (None, None)
-    above, below = sum(v > 0 for v in d), sum(v < 0 for v in d)
-    return PairedDifference(len(d), float(np.mean(d)), low, high, sign_test(above, below), above, below)
-
-
-def verdict(diff: PairedDifference, larger: str, smaller: str) -> str:
-    """What the interval supports: 'larger' / 'smaller' (the words for a > b, a < b), or no difference; no
-    verdict below MIN_PAIRS pairs."""
-    if diff.n < MIN_PAIRS:
-        return f"too few pairs to judge (< {MIN_PAIRS})"
-    if diff.low > 0:
-        return f"supported: {larger}"
-    if diff.high < 0:
-        return f"supported: {smaller}"
-    return "not supported (the interval holds 0)"
-
-
-# ----------------------------------------------------------------------------------------------------------
 # The summary
 
 
@@ -500,7 +478,7 @@ def spread(vals, fmt: str) -> str:
     return f"{np.mean(v):{fmt}} [{min(v):{fmt}}, {max(v):{fmt}}]" if len(v) > 1 else f"{v[0]:{fmt}}"
 
 
-def diff_cell(d: PairedDifference | None, fmt: str) -> str:
+def diff_cell(d: bs.PairedDifference | None, fmt: str) -> str:
     if d is None:
         return "no pairs"
     ci = "" if d.low is None else f" [{d.low:+{fmt}}, {d.high:+{fmt}}]"
@@ -532,7 +510,7 @@ def task_summary(rows: list[dict], task: str, searched: list[dict]) -> list[str]
     for arm in arms:
         runs = [r for r in rows if r["task"] == task and r["arm"] == arm]
         k = sum(r["learned"] == "True" for r in runs)
-        lo, hi = wilson(k, len(runs))
+        lo, hi = bs.wilson(k, len(runs))
         out.append(f"| {arm} | {k}/{len(runs)} [{lo:.2f}, {hi:.2f}] | " + " | ".join(
             spread(values(rows, task, arm, col).values(), fmt) for col, _, fmt, _ in QUANTITIES) + " |")
     failed = {arm: [r["seed"] for r in rows if r["task"] == task and r["arm"] == arm and r["learned"] != "True"]
@@ -567,10 +545,10 @@ def comparison(rows: list[dict], task: str, arms: tuple, col: str, label: str, f
     """The table row of the paired difference arms[0] - arms[1] in a column; a difference the interval supports is
     also appended to `supported`, in words (words: what a > b and a < b mean)."""
     a, b = arms
-    d = paired(values(rows, task, a, col), values(rows, task, b, col))
+    d = bs.paired(values(rows, task, a, col), values(rows, task, b, col))
     if d is None:
         return f"| {b if a == 'bimt' else f'{a} - {b}'} | {label} | 0 | no pairs | - | - | - |"
-    said = verdict(d, *words)
+    said = bs.verdict(d, *words)
     if said.startswith("supported"):
         supported.append(f"{a} - {b} in {label}: {diff_cell(d, fmt)} over {d.n} seeds, {said[len('supported: '):]}")
     first = b if a == "bimt" else f"{a} - {b}"
@@ -586,7 +564,7 @@ def summary(rows: list[dict], searched: list[dict]) -> str:
              f"{len(rows)} runs ({', '.join(tasks)}); code {', '.join(commits)}; {hours:.1f} CPU hours of training "
              f"and circuit discovery (one thread per run). Arms, measures and tests: see the study's docstring. "
              f"A difference is called supported only when its bootstrap 95% interval excludes 0, and judged only "
-             f"over at least {MIN_PAIRS} pairs of seeds.", ""]
+             f"over at least {bs.MIN_PAIRS} pairs of seeds.", ""]
     for task in tasks:
         lines += task_summary(rows, task, searched)
     return "\n".join(lines)
@@ -618,6 +596,8 @@ def main(argv=None) -> None:
     ap.add_argument("--jobs", type=int, default=1, help="runs at once, each a process on one thread")
     ap.add_argument("--resume", action="store_true", help="skip the runs already in the CSV")
     ap.add_argument("--summary", action="store_true", help="only rewrite the summary from the CSV")
+    ap.add_argument("--export", action="store_true", help="only write the seed-0 networks of the trained weights "
+                    "into <out>_seed0.npz (the notebook draws them)")
     ap.add_argument("--n-null", type=int, default=20, help="shuffled networks per modularity z-score")
     ap.add_argument("--acdc-max", type=int, default=10000, help="ACDC runs on networks with at most this many "
                     "non-zero connections")
@@ -634,6 +614,11 @@ def main(argv=None) -> None:
     models = args.out.parent / "models" / args.out.stem  # git-ignored (*.pt)
     os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")  # inherited by --jobs' processes
     torch.set_num_threads(1)
+    if args.export:
+        npz = args.out.with_name(args.out.stem + "_seed0.npz")
+        done = export_seed0(models, npz)
+        print(f"wrote {npz}: seed 0 of {', '.join(f'{t}/{a}' for t, a in done)}")
+        return
     if not args.summary:
         commit, scale = git_commit(), 0.01 if args.fast else 1.0
         keys = [(t, a, s) for s in args.seeds for t in args.tasks for a in args.arms]  # seed-major: paired early

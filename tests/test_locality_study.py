@@ -1,10 +1,9 @@
 """The locality-vs-sparsity study's statistics, searches, arms and resumable CSV (studies/locality_vs_sparsity.py).
 
-Oracles: the exact bootstrap distribution of a mean, enumerated over every resample of four numbers; the sign
-test's binomial tails and a Wilson interval counted by hand; hand-made connection counts for the lambda search;
-a manual AdamW loop for the weight-decay arm. The end-to-end runs are 200 steps (--fast).
+Oracles: hand-made connection counts for the lambda search; a manual AdamW loop for the weight-decay arm; the
+trained weights themselves for the seed-0 export. The end-to-end runs are 200 steps (--fast). The statistics the
+summary uses (bootstrap, sign test, paired differences) are tested in tests/test_statistics.py.
 """
-import itertools
 import math
 
 import numpy as np
@@ -14,64 +13,6 @@ import torch.nn.functional as F
 
 import bimt_core as bc
 import locality_vs_sparsity as lvs
-
-# -- statistics ------------------------------------------------------------------------------------------
-
-
-def test_the_bootstrap_interval_matches_the_enumerated_bootstrap_distribution():
-    d = [0.3, -0.1, 0.8, 0.2]
-    means = np.sort([np.mean(c) for c in itertools.product(d, repeat=4)])  # all 4^4 equally likely resamples
-    exact = np.quantile(means, [0.025, 0.975])
-    lo, hi = lvs.bootstrap_ci(d, n_boot=40000, seed=1)
-    step = 0.1 / 4  # the resampled means lie on a grid of 0.025
-    assert lo == pytest.approx(exact[0], abs=step + 1e-9) and hi == pytest.approx(exact[1], abs=step + 1e-9)
-    assert lvs.bootstrap_ci(d, seed=1) == lvs.bootstrap_ci(d, seed=1)  # seeded
-    assert lvs.bootstrap_ci([2.0, 2.0, 2.0]) == (2.0, 2.0)
-
-
-def test_a_bootstrap_needs_two_differences():
-    with pytest.raises(ValueError, match="at least two"):
-        lvs.bootstrap_ci([1.0])
-
-
-@pytest.mark.parametrize("above, below, p", [
-    (10, 0, 2 / 1024),                      # 2 * (1/2)^10
-    (8, 2, 2 * (1 + 10 + 45) / 1024),        # 2 * P(X <= 2), X ~ Bin(10, 1/2): 0.109375
-    (2, 8, 2 * (1 + 10 + 45) / 1024),
-    (5, 5, 1.0), (3, 2, 1.0), (0, 0, 1.0),  # the doubled tail of an even split exceeds 1
-    (9, 1, 2 * 11 / 1024)])
-def test_the_sign_test_is_the_exact_binomial_tail(above, below, p):
-    assert lvs.sign_test(above, below) == pytest.approx(p, rel=1e-12)
-
-
-def test_wilson_intervals_counted_by_hand():
-    # 2/10: p = 0.2, z = 1.96: (0.2 + 0.19208 -+ 1.96 sqrt(0.016 + 0.0096040)) / 1.38415
-    assert lvs.wilson(2, 10) == pytest.approx((0.0567, 0.5098), abs=1e-4)
-    assert lvs.wilson(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
-    assert lvs.wilson(0, 0) == (0.0, 1.0)
-
-
-def test_paired_differences_use_the_shared_seeds_only():
-    a, b = {0: 1.0, 1: 3.0, 2: 2.0, 5: 9.0}, {0: 0.5, 1: 3.5, 2: 1.0, 7: 0.0}
-    d = lvs.paired(a, b)
-    assert (d.n, d.above, d.below) == (3, 2, 1)
-    assert d.mean == pytest.approx((0.5 - 0.5 + 1.0) / 3)
-    assert d.low <= d.mean <= d.high
-    assert d.p == lvs.sign_test(2, 1)
-    assert lvs.paired({0: 1.0}, {1: 1.0}) is None
-    one = lvs.paired({0: 1.0}, {0: 0.0})
-    assert one.low is None and lvs.verdict(one, "up", "down").startswith("too few pairs")
-    assert lvs.verdict(lvs.PairedDifference(4, 1.0, 0.5, 1.5, 0.125, 4, 0), "up", "down").startswith("too few")
-
-
-def test_the_verdict_follows_the_interval():
-    def diff(low, high):
-        return lvs.PairedDifference(10, (low + high) / 2, low, high, 0.01, 9, 1)
-
-    assert lvs.verdict(diff(0.1, 0.3), "higher", "lower") == "supported: higher"
-    assert lvs.verdict(diff(-0.3, -0.1), "higher", "lower") == "supported: lower"
-    assert lvs.verdict(diff(-0.1, 0.3), "higher", "lower").startswith("not supported")
-
 
 # -- the searches -----------------------------------------------------------------------------------------
 
@@ -218,3 +159,36 @@ def test_the_summary_says_which_differences_the_intervals_support():
     assert "Supported by the intervals: bimt - l1_matched in modularity Q: +0.155 [" in text
     assert "bimt - lam0 in modularity Q" not in text
     assert "| bimt | 10/10 [0.72, 1.00] |" in text and "| lam0 | 9/10 [0.60, 0.98] |" in text
+
+
+def test_the_seed0_export_rebuilds_each_network_with_its_trained_weights(tmp_path):
+    models = tmp_path / "models"
+    trained = {}
+    for task, arm, seed in (("independence", "bimt", 0), ("independence", "lam0", 0), ("compositionality", "l1", 0),
+                            ("independence", "l1", 1)):  # seed 1 is not exported
+        setup = lvs.independence(seed) if task == "independence" else lvs.compositionality(seed)
+        cfg = lvs.scaled(lvs.arm_config(setup.cfg, arm, 1.0), 0.01)
+        trained[task, arm, seed] = lvs.train(lvs.TASKS[task], setup, cfg,
+                                             lvs.model_file(models, dict(task=task, arm=arm, seed=seed))).model
+    path = tmp_path / "seed0.npz"
+    assert lvs.export_seed0(models, path) == [("independence", "bimt"), ("independence", "lam0"),
+                                              ("compositionality", "l1")]
+    nets = lvs.load_seed0(path)
+    assert {t: list(arms) for t, arms in nets.items()} == {"independence": ["bimt", "lam0"],
+                                                             "compositionality": ["l1"]}
+    for (task, arm, seed), model in trained.items():
+        if seed == 0:
+            saved, loaded = model.state_dict(), nets[task][arm].state_dict()
+            assert list(saved) == list(loaded) and all(torch.equal(saved[k], loaded[k]) for k in saved)
+    x = torch.rand(5, 4)
+    assert torch.equal(nets["independence"]["bimt"](x), trained["independence", "bimt", 0](x))
+
+
+def test_the_seed0_export_and_loader_refuse_what_is_not_there(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no trained seed-0 weights"):
+        lvs.export_seed0(tmp_path, tmp_path / "seed0.npz")
+    with pytest.raises(FileNotFoundError, match="--export"):
+        lvs.load_seed0(tmp_path / "missing.npz")
+    np.savez(tmp_path / "bad.npz", **{"mnist/l2/linears.0.weight": np.zeros((2, 2))})
+    with pytest.raises(ValueError, match="arm 'l2'"):
+        lvs.load_seed0(tmp_path / "bad.npz")

@@ -60,6 +60,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import bimt_core as bc  # noqa: E402
+import bimt_data as bd  # noqa: E402
 import bimt_seeing as bs  # noqa: E402
 from sweep import git_commit, parse_seeds, read_rows, write_rows  # noqa: E402
 
@@ -160,7 +161,7 @@ def incontext(seed: int) -> Setup:
 
 def mnist(seed: int) -> Setup:
     """Fig 8 (notebooks/mnist.ipynb): the shipped 5,000 digits, the same 1,000 test digits for every seed."""
-    x_tr, y_tr, x_te, y_te = bc.load_mnist(n_test=1000, seed=0)
+    x_tr, y_tr, x_te, y_te = bd.load_mnist(n_test=1000, seed=0)
     cfg = bc.BIMTConfig(steps=40000, lr=1e-3, lam=0.01, lam_schedule=((0.25, 10.0), (0.5, 10.0)), weight_factor=2.0,
                         l0=0.5, agg="mean", bias_penalty_from=None, last_layer_l0_only=True, top_k=30,
                         swap_every=500, batch_size=100, eval_every=500, seed=seed)

@@ -794,6 +794,20 @@ def _loss_probe(loss_fn, out: torch.Tensor, y: torch.Tensor, name: str) -> torch
     return _check(torch.is_tensor(loss) and loss.dim() == 0 and (loss.requires_grad or not torch.is_grad_enabled()),
                   "loss_fn's result", loss, "a scalar tensor with gradients (e.g. F.mse_loss(out, y))")
 
+def _check_run(model: nn.Module, cfg, loss_fn, **fns) -> torch.device:
+    """`train`'s checks of cfg, loss_fn, the functions fns and the model's dtype (bimt_ensemble's per member);
+    returns the device the model is on."""
+    _check(isinstance(cfg, BIMTConfig), "cfg", type(cfg).__name__, "a BIMTConfig", TypeError)
+    _check(callable(loss_fn) and not isinstance(loss_fn, type), "loss_fn", loss_fn, "a function or a loss module "
+           "instance, e.g. F.mse_loss or nn.MSELoss() (called with outputs and targets; not the class)", TypeError)
+    for fn_name, f in fns.items():
+        _check(f is None or callable(f), fn_name, f, "a function or None", TypeError)
+    weight = _linears(model)[0].weight
+    if weight.dtype != cfg.torch_dtype:
+        raise ValueError(f"cfg.dtype is {cfg.dtype} but the model's parameters are {weight.dtype}: build the "
+                         f"model with dtype=cfg.torch_dtype (so its initialisation is drawn in that precision)")
+    return weight.device
+
 # -- Training ----------------------------------------------------------------------------------------
 @dataclass
 class BIMTConfig:
@@ -922,30 +936,24 @@ def train(model: nn.Module, cfg: BIMTConfig, train_data, test_data, loss_fn, met
     cfg.lr, cfg.weight_decay); scheduler(optimizer) -> LRScheduler, stepped after every update. metric_fn(outputs,
     targets) -> float and the test loss every cfg.eval_every steps and at the last; snapshot_fn(step, model) every
     snapshot_every steps and at the last. Before the first step the data (finite, shapes, dtypes) and loss_fn are
-    checked; a loss that turns non-finite stops the run. Calling train again on the model continues: cfg.steps
-    more steps (cfg's schedule from its start, a new optimizer unless the factory returns the old one, batches and
-    steps counted on) appended to the `History` it returns, model.bimt_history (del it to count from 0)."""
+    checked; a loss that turns non-finite stops the run, and a test loss 1,000 times the worst seen before the call
+    (the untrained one, at first) warns that the weights diverge. Calling train again on the model continues:
+    cfg.steps more steps (cfg's schedule from its start, a new optimizer unless the factory returns the old one,
+    batches and steps counted on) appended to the `History` it returns, model.bimt_history (del it to count
+    from 0)."""
     from tqdm.auto import tqdm
     hist = model.__dict__.setdefault("bimt_history", History())  # a plain attribute of the module
     start, swaps = (hist.step[-1] + 1, hist.swaps[-1]) if hist.step else (0, 0)
     # Before the first step: errors for what would fail deep in torch or train wrongly, warnings for idle swaps
-    _check(isinstance(cfg, BIMTConfig), "cfg", type(cfg).__name__, "a BIMTConfig", TypeError)
-    _check(callable(loss_fn) and not isinstance(loss_fn, type), "loss_fn", loss_fn, "a function or a loss module "
-           "instance, e.g. F.mse_loss or nn.MSELoss() (called with outputs and targets; not the class)", TypeError)
-    for name, f in dict(metric_fn=metric_fn, snapshot_fn=snapshot_fn, sampler=sampler, optimizer=optimizer,
-                        scheduler=scheduler).items():
-        _check(f is None or callable(f), name, f, "a function or None", TypeError)
+    device = _check_run(model, cfg, loss_fn, metric_fn=metric_fn, snapshot_fn=snapshot_fn, sampler=sampler,
+                        optimizer=optimizer, scheduler=scheduler)
     _check(snapshot_fn is None or _is_int(snapshot_every), "snapshot_every", snapshot_every,
            "a positive int when snapshot_fn is given")
-    weight = _linears(model)[0].weight
-    if weight.dtype != cfg.torch_dtype:
-        raise ValueError(f"cfg.dtype is {cfg.dtype} but the model's parameters are {weight.dtype}: build the "
-                         f"model with dtype=cfg.torch_dtype (so its initialisation is drawn in that precision)")
     widths = [nl.n_units for nl in _neuron_layers(model) if not nl.fixed] if cfg.swap else []  # fails now, or never
-    batches = _batches(train_data, cfg.torch_dtype, weight.device, sampler, cfg.batch_size, cfg.seed, start)
-    x_te, y_te = _tensors("test_data", test_data, cfg.torch_dtype, weight.device)
-    with torch.no_grad():
-        _loss_probe(loss_fn, model(x_te), y_te, "test_data")
+    batches = _batches(train_data, cfg.torch_dtype, device, sampler, cfg.batch_size, cfg.seed, start)
+    x_te, y_te = _tensors("test_data", test_data, cfg.torch_dtype, device)
+    with torch.no_grad():  # ref: the worst test loss seen so far; 1,000 times it says the weights diverge
+        ref = max([_loss_probe(loss_fn, model(x_te), y_te, "test_data").item(), *hist.test_loss])
     if cfg.swap and (cfg.swap_every > cfg.steps or cfg.top_k == 0):
         warnings.warn("no swap will happen: " + ("top_k=0 tries no unit" if cfg.top_k == 0 else f"swap_every="
                       f"{cfg.swap_every} > steps={cfg.steps}") + " (swap=False says so)", stacklevel=2)
@@ -987,6 +995,11 @@ def train(model: nn.Module, cfg: BIMTConfig, train_data, test_data, loss_fn, met
                     for k, v in dict(step=step, train_loss=task.item(), test_loss=loss_fn(out, y_te).item(),
                                      metric=metric, cost=cost, lam=cfg.lam_at(s), swaps=swaps).items():
                         hist[k].append(v)
+                if hist.test_loss[-1] > 1e3 * ref:  # said once (ref becomes inf): the loss may come back down
+                    warnings.warn(f"the test loss rose from {ref:.3g} to {hist.test_loss[-1]:.3g} at step {step} (lambda "
+                                  f"{cfg.lam_at(s):g}): the weights are diverging; try a lower lr (cfg.lr={cfg.lr:g}) "
+                                  f"or lambda", stacklevel=2)
+                    ref = math.inf
                 bar.set_postfix(train=f"{hist.train_loss[-1]:.2e}", test=f"{hist.test_loss[-1]:.2e}",
                                 cost=f"{cost:.3g}", refresh=False)
     finally:

@@ -17,6 +17,8 @@ BioTransformer without LayerNorm.
 from __future__ import annotations
 
 import dataclasses
+import math
+import warnings
 
 import torch
 import torch.nn as nn
@@ -207,29 +209,20 @@ def _describe(m: nn.Module) -> dict:
 
 
 def _check_member(e: int, model: nn.Module, cfg: bc.BIMTConfig, loss_fn, metric_fn, sampler, train_pair,
-                  test_pair) -> None:
-    """`bc.train`'s checks before its first step, for member e: its functions, dtype, swappability, data (finite,
-    shapes, dtypes) and a first evaluation of loss_fn on its test data."""
-    bc._check(isinstance(cfg, bc.BIMTConfig), "cfg", type(cfg).__name__, "a BIMTConfig", TypeError)
-    bc._check(callable(loss_fn) and not isinstance(loss_fn, type), "loss_fn", loss_fn, "a function or a loss "
-              "module instance, e.g. F.mse_loss or nn.MSELoss() (called with outputs and targets; not the class)",
-              TypeError)
-    for name, f in dict(metric_fn=metric_fn, sampler=sampler).items():
-        bc._check(f is None or callable(f), name, f, "a function or None", TypeError)
-    weight = bc._linears(model)[0].weight
-    if weight.dtype != cfg.torch_dtype:
-        raise ValueError(f"cfg.dtype is {cfg.dtype} but the model's parameters are {weight.dtype}: build the "
-                         f"model with dtype=cfg.torch_dtype (so its initialisation is drawn in that precision)")
+                  test_pair) -> float:
+    """`bc.train`'s checks before its first step, for member e; returns loss_fn on its test data."""
+    device = bc._check_run(model, cfg, loss_fn, metric_fn=metric_fn, sampler=sampler)
     if cfg.swap:
         bc._neuron_layers(model)  # a model that cannot swap fails now, not after swap_every steps
-    bc._tensors(f"train_data[{e}]", train_pair, cfg.torch_dtype, weight.device)
-    x_te, y_te = bc._tensors(f"test_data[{e}]", test_pair, cfg.torch_dtype, weight.device)
+    bc._tensors(f"train_data[{e}]", train_pair, cfg.torch_dtype, device)
+    x_te, y_te = bc._tensors(f"test_data[{e}]", test_pair, cfg.torch_dtype, device)
     with torch.no_grad():
-        bc._loss_probe(loss_fn, model(x_te), y_te, f"test_data[{e}]")
+        return bc._loss_probe(loss_fn, model(x_te), y_te, f"test_data[{e}]").item()
 
 
-def _check_members(models, cfgs, train_data, test_data, loss_fn, metric_fn, samplers) -> None:
-    """Clear errors for members that one batched step cannot serve, then `bc.train`'s checks per member."""
+def _check_members(models, cfgs, train_data, test_data, loss_fn, metric_fn, samplers) -> list[float]:
+    """Clear errors for members that one batched step cannot serve, then `bc.train`'s checks per member; returns
+    each member's test loss before training."""
     bc._check(isinstance(models, (list, tuple)) and len(models) > 0, "models", type(models).__name__,
               "a non-empty list of models", TypeError)
     E = len(models)
@@ -238,14 +231,15 @@ def _check_members(models, cfgs, train_data, test_data, loss_fn, metric_fn, samp
     for name, v in dict(cfgs=cfgs, train_data=train_data, test_data=test_data, samplers=samplers).items():
         bc._check(isinstance(v, (list, tuple)) and len(v) == E or name == "samplers" and v is None, name,
                   type(v).__name__, f"a list of {E} (one per model)" + " or None" * (name == "samplers"), TypeError)
+    probes = []
     for e, m in enumerate(models):
         bc._check(type(m) in (bc.BioMLP, bc.BioTransformer), f"models[{e}]", type(m).__name__,
                   "a BioMLP or BioTransformer (the forwards train_ensemble batches); train others with bc.train",
                   TypeError)
         bc._check(not any(isinstance(mod, nn.LayerNorm) for mod in m.modules()), f"models[{e}]",
                   "a BioTransformer with layer_norm=True", "a BioTransformer without LayerNorm (layer_norm=False)")
-        _check_member(e, m, cfgs[e], loss_fn, metric_fn, None if samplers is None else samplers[e], train_data[e],
-                      test_data[e])
+        probes.append(_check_member(e, m, cfgs[e], loss_fn, metric_fn, None if samplers is None else samplers[e],
+                                    train_data[e], test_data[e]))
     first, unseeded = _describe(models[0]), dataclasses.replace(cfgs[0], seed=0)
     for e in range(1, E):
         differs = [k for k, v in _describe(models[e]).items() if v != first[k]]
@@ -256,6 +250,7 @@ def _check_members(models, cfgs, train_data, test_data, loss_fn, metric_fn, samp
             shapes = [(tuple(t.shape), t.dtype) for t in data[e]]
             bc._check(shapes == [(tuple(t.shape), t.dtype) for t in data[0]], f"{name}[{e}]'s (inputs, targets)",
                       shapes, f"the shapes and dtypes of {name}[0]'s (one stacked batch serves all members)")
+    return probes
 
 
 def _default_sampler(n: int, cfg: bc.BIMTConfig):
@@ -298,7 +293,7 @@ def train_ensemble(models: list, cfgs: list, train_data: list, test_data: list, 
     format, one per member. loss_fn and metric_fn see one member's outputs and targets at a time."""
     from tqdm.auto import tqdm
 
-    _check_members(models, cfgs, train_data, test_data, loss_fn, metric_fn, samplers)
+    refs = _check_members(models, cfgs, train_data, test_data, loss_fn, metric_fn, samplers)  # as bc.train's ref
     cfg, E = cfgs[0], len(models)
     (X, Y), (X_te, Y_te) = ([torch.stack(ts) for ts in zip(*data)] for data in (train_data, test_data))
     if samplers is None and cfg.batch_size is not None:
@@ -341,6 +336,11 @@ def train_ensemble(models: list, cfgs: list, train_data: list, test_data: list, 
                         for k, v in dict(step=step, train_loss=task[e].item(), test_loss=loss_fn(out, Y_te[e]).item(),
                                          metric=metric, cost=cost[e].item(), lam=lam, swaps=swaps[e]).items():
                             hist[k].append(v)
+                        if hist.test_loss[-1] > 1e3 * refs[e]:  # said once per member, as in bc.train
+                            warnings.warn(f"member {e} (seed {cfgs[e].seed}): the test loss rose from {refs[e]:.3g} to "
+                                          f"{hist.test_loss[-1]:.3g} at step {step} (lambda {lam:g}): the weights are "
+                                          f"diverging; try a lower lr (cfg.lr={cfg.lr:g}) or lambda", stacklevel=2)
+                            refs[e] = math.inf
                 bar.set_postfix(worst_test=f"{max(h['test_loss'][-1] for h in hists):.2e}", refresh=False)
     finally:
         ens.release()

@@ -1,6 +1,7 @@
 """Core tests: every check has an oracle (the unswapped model, a naive double loop, brute-force relocation)."""
 import copy
 import dataclasses
+import warnings
 
 import numpy as np
 import pytest
@@ -385,6 +386,33 @@ def test_a_diverging_run_stops_with_step_lambda_and_both_loss_terms():
     with pytest.raises(FloatingPointError, match=r"loss became nan at step 1 \(lambda 0.02\): task loss nan, "
                                                  r"penalty \d.*e\+\d+\. The weights diverged: try a lower lr"):
         bc.train(make("line"), cfg, (x, y), (x, y), F.mse_loss, progress=False)
+
+
+def test_a_run_that_diverges_without_overflowing_is_warned_once_with_step_and_lambda():
+    # lr 10: AdamW moves every weight by about lr at the first update, so the test loss leaps about 1e7-fold, and
+    # the outputs saturate at a loss near 4e6 that never turns non-finite: no error, so a warning must say it
+    x, y = tiny_task()
+    model, cfg = make("line"), bc.BIMTConfig(steps=300, lr=10.0, lam=0.0, swap=False, eval_every=100)
+    with torch.no_grad():
+        before = F.mse_loss(model(x), y).item()
+    with pytest.warns(UserWarning, match=rf"the test loss rose from {before:.3g} to \d\.\d+e\+0\d at step 0 \(lambda "
+                                         r"0\): the weights are diverging; try a lower lr \(cfg.lr=10\)") as caught:
+        hist = bc.train(model, cfg, (x, y), (x, y), F.mse_loss, progress=False)
+    assert len([w for w in caught if "diverging" in str(w.message)]) == 1  # said once, not at every evaluation
+    assert hist.test_loss[0] > 1e3 * before and hist.test_loss[-1] > 1e2 * before  # it did diverge, and stayed so
+
+
+def test_a_sane_run_and_its_continuation_at_a_higher_lambda_are_not_called_diverging():
+    x, y = tiny_task()
+    model = make("line")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bc.train(model, bc.BIMTConfig(steps=300, lr=1e-2, lam=0.0, swap=False), (x, y), (x, y), F.mse_loss,
+                 progress=False)
+        # a tenfold lambda raises the test loss far above its trained value, not above the worst one seen
+        hist = bc.train(model, bc.BIMTConfig(steps=300, lr=1e-2, lam=1.0, lam_schedule=(), swap=False), (x, y), (x, y),
+                        F.mse_loss, progress=False)
+    assert hist.test_loss[-1] > 10 * min(hist.test_loss)
 
 
 def test_train_rejects_mismatched_data():

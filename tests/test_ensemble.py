@@ -219,6 +219,16 @@ def test_bad_inputs(call, exc, match):
         call()
 
 
+def test_members_that_diverge_without_overflowing_are_each_warned_once_by_name():
+    kw = bad_inputs()
+    kw["cfgs"] = [dataclasses.replace(c, lr=10.0, lam=0.0) for c in kw["cfgs"]]  # as bc.train's test: a 1e7-fold leap
+    with pytest.warns(UserWarning, match="diverging") as caught:
+        be.train_ensemble(**kw)
+    said = [str(w.message) for w in caught if "diverging" in str(w.message)]
+    assert [m.split(":")[0] for m in said] == [f"member {e} (seed {s})" for e, s in enumerate(SEEDS)]
+    assert all(" at step 0 (lambda 0): " in m for m in said)
+
+
 def test_a_diverging_member_is_named_and_every_member_released():
     kw = bad_inputs()
     x, y = kw["train_data"][1]

@@ -259,11 +259,16 @@ def check_notebooks(folder: Path, stems: list[str]) -> None:
         sys.exit("cannot sweep (each notebook needs a parameters cell with SEED, PROCEDURE, FAST, FIGURES, CLAIMS_JSON):\n" + "\n".join(problems))
 
 
-def git_commit() -> str:
-    """The code that produced a row: the commit, '+dirty' with uncommitted changes."""
-    run = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty=+dirty", "--abbrev=10"],
-                         capture_output=True, text=True)
-    return run.stdout.strip() or "unknown"
+def git_commit(root: Path = ROOT) -> str:
+    """The code that produced a row: the commit, '+dirty' with uncommitted changes to tracked files outside
+    results/ and figures/ (what the sweeps and the notebooks write: a sweep that has appended its first rows still
+    runs the commit it started at)."""
+    def git(*args):
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True).stdout.strip()
+
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results",
+                  ":(exclude)figures")
+    return (git("rev-parse", "--short=10", "HEAD") or "unknown") + "+dirty" * bool(changed)
 
 
 def median_seconds(rows: list[dict]) -> dict:

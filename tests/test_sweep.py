@@ -4,6 +4,7 @@ Oracle: a hand-written CSV whose success rates are counted by hand below. No not
 sweep's end-to-end run on synthetic notebooks is described in studies/sweep.py.
 """
 import argparse
+import subprocess
 
 import pytest
 from matplotlib.container import BarContainer, ErrorbarContainer
@@ -225,3 +226,25 @@ def test_the_figure_draws_each_rate_with_its_wilson_interval(tmp_path, csv_path)
         assert [tuple(s[:, 0]) for s in segments] == [
             (pytest.approx(WILSON[kn][0], abs=5e-5), pytest.approx(WILSON[kn][1], abs=5e-5))
             for kn in (rates[procedure + 1] for rates in drawn)]
+
+
+def test_the_commit_is_dirty_for_changed_code_but_not_for_what_the_sweeps_write(tmp_path):
+    # a sweep appends to results/ after its first run; its next runs must still find the commit they started at
+    def git(*args):
+        return subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                              check=True, capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q")
+    for name in ("code.py", "results/sweep.csv", "figures/f.png"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text("a\n")
+    git("add", ".")
+    git("commit", "-qm", "first")
+    head = git("rev-parse", "--short=10", "HEAD")
+    assert len(head) == 10 and sweep.git_commit(tmp_path) == head
+    (tmp_path / "results" / "sweep.csv").write_text("a\nb\n")
+    (tmp_path / "figures" / "f.png").write_text("b\n")
+    (tmp_path / "notes.txt").write_text("untracked")
+    assert sweep.git_commit(tmp_path) == head
+    (tmp_path / "code.py").write_text("b\n")
+    assert sweep.git_commit(tmp_path) == head + "+dirty"

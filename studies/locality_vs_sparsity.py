@@ -26,7 +26,9 @@ order, makes their trajectories part.
 The searches run once per task at a seed outside the study (--search-seed, default 1000), each run a row of
 results/locality_vs_sparsity_search.csv: bimt's connections there are the target; lambda walks a grid of factors
 sqrt(2)^k from 1 until the l1 network's connections cross the target, and the factor of the two bracketing runs
-whose count is nearer (in log) is used. The weight decay is the largest candidate that learns at that seed.
+whose count is nearer (in log) is used; the count need not fall steadily as lambda grows, so a walk whose count
+moves away from the target twice in a row stops there and uses the nearest factor it tried. The weight decay is
+the largest candidate that learns at that seed.
 
 Per run: the task's figure of merit on the test set and whether it learned the task (regression: R^2 >= 0.95 on
 the test set; classification: test accuracy >= 0.9); the connections >= 5% of their layer's max and their wiring
@@ -386,28 +388,35 @@ def search_run(task: Task, kind: str, seed: int, scale: float, factor: float | N
 
 def matched_factor(target: int, connections: dict) -> float:
     """Of the searched factors ({factor: connections kept}, walked from 1 by `next_factor`), the one nearest the
-    target in log among the last two: the pair that brackets it (or the grid's end, if none does)."""
+    target in log among the last two: the pair that brackets it; if none does, the nearest of all (the last on a
+    tie)."""
     up = connections[1.0] > target
     walked = sorted(connections, reverse=not up)  # from 1 towards the target
     crossed = next((i for i, f in enumerate(walked) if (connections[f] <= target) == up), None)
-    if crossed is None:  # the grid ended first: its last factor is the nearest
-        return walked[-1]
-    return min(walked[crossed - 1: crossed + 1],
-               key=lambda f: abs(math.log(max(connections[f], 1) / max(target, 1))))
+    return min(walked[::-1] if crossed is None else walked[crossed - 1: crossed + 1],  # ties: the walk's end
+               key=lambda f: _gap(connections[f], target))
+
+
+def _gap(count: int, target: int) -> float:
+    return abs(math.log(max(count, 1) / max(target, 1)))
 
 
 def next_factor(target: int, connections: dict) -> float | None:
-    """The next factor of LAM_GRID to try (from 1, towards the target), or None when the target is bracketed or
-    the grid ends."""
+    """The next factor of LAM_GRID to try (from 1, towards the target), or None when the target is bracketed, the
+    grid ends, or the count has moved away from the target at each of the last two steps: connections kept need
+    not fall monotonically as lambda grows (on modular addition they turn back up)."""
     if 1.0 not in connections:
         return 1.0
     up = connections[1.0] > target  # too many connections: a stronger penalty
     i = LAM_GRID.index(1.0)
-    step = 1 if up else -1
+    step, gaps = (1 if up else -1), []
     while 0 <= i < len(LAM_GRID) and LAM_GRID[i] in connections:
         if (connections[LAM_GRID[i]] <= target) == up:
             return None
+        gaps.append(_gap(connections[LAM_GRID[i]], target))
         i += step
+    if len(gaps) >= 3 and gaps[-3] < gaps[-2] < gaps[-1]:
+        return None
     return LAM_GRID[i] if 0 <= i < len(LAM_GRID) else None
 
 

@@ -42,6 +42,14 @@ def test_the_lambda_search_stops_at_the_end_of_the_grid():
     assert tried == [f for f in lvs.LAM_GRID if f >= 1] and chosen == lvs.LAM_GRID[-1]
 
 
+def test_the_lambda_search_stops_when_the_count_turns_away_from_the_target():
+    # modular addition's search at seed 1000: the count falls to 327 at factor 2, then rises again
+    counts = {1.0: 462, 1.41421: 376, 2.0: 327, 2.82843: 337, 4.0: 435, 5.65685: 300}
+    tried, chosen = walk(324, counts.get)
+    assert tried == [1.0, 1.41421, 2.0, 2.82843, 4.0]  # 5.66 would cross, but two steps away from 324 end the walk
+    assert chosen == 2.0  # the nearest of all tried
+
+
 def test_the_largest_weight_decay_that_learns_is_used():
     assert lvs.chosen_weight_decay({0.01: True, 0.1: True, 1.0: False}) == 0.1
     assert lvs.chosen_weight_decay({0.01: False, 0.1: False, 1.0: False}) == 0.01

@@ -414,9 +414,9 @@ def next_factor(target: int, connections: dict) -> float | None:
         if (connections[LAM_GRID[i]] <= target) == up:
             return None
         gaps.append(_gap(connections[LAM_GRID[i]], target))
+        if len(gaps) >= 3 and gaps[-3] < gaps[-2] < gaps[-1]:
+            return None
         i += step
-    if len(gaps) >= 3 and gaps[-3] < gaps[-2] < gaps[-1]:
-        return None
     return LAM_GRID[i] if 0 <= i < len(LAM_GRID) else None
 
 

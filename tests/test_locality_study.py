@@ -48,6 +48,8 @@ def test_the_lambda_search_stops_when_the_count_turns_away_from_the_target():
     tried, chosen = walk(324, counts.get)
     assert tried == [1.0, 1.41421, 2.0, 2.82843, 4.0]  # 5.66 would cross, but two steps away from 324 end the walk
     assert chosen == 2.0  # the nearest of all tried
+    counts[5.65685] = 429  # a run beyond the turn (an earlier walk's) does not restart the walk, nor win
+    assert lvs.next_factor(324, counts) is None and lvs.matched_factor(324, counts) == 2.0
 
 
 def test_the_largest_weight_decay_that_learns_is_used():

@@ -312,7 +312,8 @@ def run_one(job: dict) -> dict:
 
 def export_seed0(models: Path, path: Path) -> list[tuple]:
     """Write the state_dicts of seed 0 of every task and arm whose trained weights are in `models` into one .npz
-    at `path`, keyed 'task/arm/param'; returns the (task, arm) pairs written, in TASKS and ARMS order."""
+    at `path`, keyed 'task/arm/param', keeping the networks already there of the other tasks and arms (a study
+    extended by a task in another checkout); returns the (task, arm) pairs written, in TASKS and ARMS order."""
     arrays, done = {}, []
     for task in TASKS:
         for arm in ARMS:
@@ -323,6 +324,9 @@ def export_seed0(models: Path, path: Path) -> list[tuple]:
                 done.append((task, arm))
     if not done:
         raise FileNotFoundError(f"{models}: no trained seed-0 weights (*-seed0.pt) to export; run the study first")
+    if Path(path).is_file():
+        with np.load(path) as saved:
+            arrays = {k: saved[k] for k in saved.files if tuple(k.split("/")[:2]) not in done} | arrays
     np.savez_compressed(path, **arrays)
     return done
 

@@ -194,6 +194,26 @@ def test_the_seed0_export_rebuilds_each_network_with_its_trained_weights(tmp_pat
     assert torch.equal(nets["independence"]["bimt"](x), trained["independence", "bimt", 0](x))
 
 
+def test_a_later_export_keeps_the_networks_of_other_tasks_and_replaces_its_own(tmp_path):
+    def trained(folder, task, arm, steps_scale):
+        setup = lvs.TASKS[task].make(0)
+        cfg = lvs.scaled(lvs.arm_config(setup.cfg, arm, 1.0), steps_scale)
+        return lvs.train(lvs.TASKS[task], setup, cfg, lvs.model_file(folder, dict(task=task, arm=arm, seed=0))).model
+
+    path = tmp_path / "seed0.npz"
+    first = trained(tmp_path / "a", "independence", "bimt", 0.01)
+    lvs.export_seed0(tmp_path / "a", path)
+    old = trained(tmp_path / "b", "compositionality", "l1", 0.01)
+    lvs.export_seed0(tmp_path / "b", path)
+    new = trained(tmp_path / "c", "compositionality", "l1", 0.02)  # its weights differ from `old`'s
+    assert lvs.export_seed0(tmp_path / "c", path) == [("compositionality", "l1")]
+    nets = lvs.load_seed0(path)
+    assert {t: list(arms) for t, arms in nets.items()} == {"independence": ["bimt"], "compositionality": ["l1"]}
+    x = torch.rand(5, 4)
+    assert torch.equal(nets["independence"]["bimt"](x), first(x))
+    assert torch.equal(nets["compositionality"]["l1"](x), new(x)) and not torch.equal(new(x), old(x))
+
+
 def test_the_seed0_export_and_loader_refuse_what_is_not_there(tmp_path):
     with pytest.raises(FileNotFoundError, match="no trained seed-0 weights"):
         lvs.export_seed0(tmp_path, tmp_path / "seed0.npz")

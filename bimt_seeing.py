@@ -1010,15 +1010,15 @@ def record_members(claims: Claims, runs: list, measure) -> None:
 
 def seed_table(records: list[dict]) -> str:
     """Per claim (notes skipped), in the order first recorded: at how many of the seeds that recorded it the
-    claim holds, as `Rate` (k/n and its Wilson 95% interval). One line a claim."""
+    claim holds, as `Rate` (k/n and its Wilson 95% interval). One line a claim; seed None is the authors' seed."""
     counts = {}
     for r in records:
         if r["holds"] is not None:
             kn = counts.setdefault(r["claim"], [0, 0])
             kn[0] += bool(r["holds"])
             kn[1] += 1
-    seeds = list(dict.fromkeys(r.get("seed") for r in records))
-    head = f"{len(seeds)} seed{'s' * (len(seeds) != 1)} ({', '.join(map(str, seeds))}); per claim, the seeds where it holds:"
+    seeds = [str(s) if s is not None else "the authors'" for s in dict.fromkeys(r.get("seed") for r in records)]
+    head = f"{len(seeds)} seed{'s' * (len(seeds) != 1)} ({', '.join(seeds)}); per claim, the seeds where it holds:"
     return "\n".join([head] + [f"  {Rate(*kn)!s:>20}  {name}" for name, kn in counts.items()])
 
 def figures_dir() -> Path:

@@ -159,3 +159,12 @@ def test_an_ensemble_run_of_the_sweep_gives_the_rows_of_a_run_per_seed(tmp_path)
     assert claims(ensemble.rows) == claims(single)
     assert [r["claim"] for r in single] == ["run completed", "fits", "sparse", "mse"] * 2
     assert {r["seconds"] for r in ensemble.rows} == {f"{ensemble.seconds / 2:.1f}"}
+
+
+def test_every_paper_notebook_takes_seeds_and_the_ensemble_sweep_refuses_one_that_does_not(tmp_path):
+    sweep.check_notebooks(sweep.ROOT / "notebooks", list(sweep.NOTEBOOKS), sweep.ENSEMBLE_PARAMETERS)
+    cell = nbformat.v4.new_code_cell(NOTEBOOK[0].replace("SEEDS = None\n", ""), metadata={"tags": ["parameters"]})
+    nbformat.write(nbformat.v4.new_notebook(cells=[cell]), tmp_path / "old.ipynb")
+    sweep.check_notebooks(tmp_path, ["old"])  # enough for a run per seed
+    with pytest.raises(SystemExit, match="old.ipynb: its cell tagged 'parameters' does not set SEEDS"):
+        sweep.check_notebooks(tmp_path, ["old"], sweep.ENSEMBLE_PARAMETERS)

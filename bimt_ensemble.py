@@ -296,7 +296,8 @@ def train_ensemble(models: list, cfgs: list, train_data: list, test_data: list, 
 
     refs = _check_members(models, cfgs, train_data, test_data, loss_fn, metric_fn, samplers)  # as bc.train's ref
     bc._check(snapshot_fns is None or isinstance(snapshot_fns, (list, tuple)) and len(snapshot_fns) == len(models),
-              "snapshot_fns", type(snapshot_fns).__name__, f"None or a list of {len(models)} (one per model)", TypeError)
+              "snapshot_fns", type(snapshot_fns).__name__, f"None or a list of {len(models)} (one per model)",
+              TypeError)
     for e, fn in enumerate(snapshot_fns or []):
         bc._check(fn is None or callable(fn), f"snapshot_fns[{e}]", fn, "None or a function (step, model)", TypeError)
         bc._check(fn is None or bc._is_int(snapshot_every), "snapshot_every", snapshot_every,

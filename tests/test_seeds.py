@@ -130,7 +130,8 @@ def make(seed):
     x = torch.rand(48, 2, generator=g) * 2 - 1
     y = x[:, :1] * x[:, 1:]
     model = bc.BioMLP([2, 6, 1], generator=g)
-    return model, bc.BIMTConfig(steps=30, lr=1e-2, swap_every=10, seed=seed, threads=1), (x[:32], y[:32]), (x[32:], y[32:])
+    cfg = bc.BIMTConfig(steps=30, lr=1e-2, swap_every=10, seed=seed, threads=1)
+    return model, cfg, (x[:32], y[:32]), (x[32:], y[32:])
 
 def measure(member):
     rep = bs.analyze(member.model, 0.05)
@@ -151,7 +152,8 @@ def test_an_ensemble_run_of_the_sweep_gives_the_rows_of_a_run_per_seed(tmp_path)
     text, commit = nbformat.writes(nbformat.v4.new_notebook(cells=cells)), sweep.git_commit()
     ensemble = sweep.execute(sweep.Job(("small", "0,1", "clean"), text, True, 120, commit, seeds=(0, 1)))
     assert ensemble.error is None
-    single = [r for s in ("0", "1") for r in sweep.execute(sweep.Job(("small", s, "clean"), text, True, 120, commit)).rows]
+    single = [r for s in ("0", "1")
+              for r in sweep.execute(sweep.Job(("small", s, "clean"), text, True, 120, commit)).rows]
 
     def claims(rows):
         return [(r["notebook"], r["seed"], r["procedure"], r["claim"], r["holds"], r["value"]) for r in rows]
@@ -168,3 +170,38 @@ def test_every_paper_notebook_takes_seeds_and_the_ensemble_sweep_refuses_one_tha
     sweep.check_notebooks(tmp_path, ["old"])  # enough for a run per seed
     with pytest.raises(SystemExit, match="old.ipynb: its cell tagged 'parameters' does not set SEEDS"):
         sweep.check_notebooks(tmp_path, ["old"], sweep.ENSEMBLE_PARAMETERS)
+
+
+# Without torch, so its kernel starts in a second: each seed it was given records which parameters carried it
+LIGHT = [
+    """SEED = None\nSEEDS = None\nPROCEDURE = "authors"\nFAST = False\nFIGURES = True\nCLAIMS_JSON = None""",
+    """import json
+given = [("SEED", SEED)] if SEEDS is None else [("SEEDS", s) for s in SEEDS]
+json.dump([{"claim": "given by", "holds": True, "value": how, "seed": s, "procedure": PROCEDURE} for how, s in given]
+          + [{"claim": "crashed", "holds": False, "value": None, "seed": s, "procedure": PROCEDURE} for how, s in given
+             if s == 4], open(CLAIMS_JSON, "w"))
+assert 4 not in (SEEDS or []), "seed 4 breaks the run"
+""",
+]
+
+
+def test_the_ensemble_sweep_runs_the_seeds_of_a_procedure_at_once_and_the_authors_seed_alone(tmp_path, monkeypatch):
+    cells = [nbformat.v4.new_code_cell(LIGHT[0], metadata={"tags": ["parameters"]}),
+             nbformat.v4.new_code_cell(LIGHT[1])]
+    nbformat.write(nbformat.v4.new_notebook(cells=cells), tmp_path / "light.ipynb")
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))  # the executed notebook of the failed run lands here
+    out = tmp_path / "sweep.csv"
+    sweep.main(["--notebook-dir", str(tmp_path), "--notebooks", "light", "--seeds", "0,3", "--procedures", "clean",
+                "--ensemble", "--jobs", "1", "--out", str(out), "--figure", str(tmp_path / "s.png"),
+                "--table", str(tmp_path / "s.md")])
+    rows = {(r["seed"], r["claim"]): (r["holds"], r["value"]) for r in sweep.read_rows(out)}
+    assert rows == {("authors", "run completed"): ("True", ""), ("authors", "given by"): ("True", "SEED"),
+                    ("0", "run completed"): ("True", ""), ("0", "given by"): ("True", "SEEDS"),
+                    ("3", "run completed"): ("True", ""), ("3", "given by"): ("True", "SEEDS")}
+    # a run that fails fails each of its seeds, with what each recorded before it broke
+    sweep.main(["--notebook-dir", str(tmp_path), "--notebooks", "light", "--seeds", "3-4", "--procedures", "clean",
+                "--no-authors-seed", "--ensemble", "--jobs", "1", "--out", str(out), "--figure",
+                str(tmp_path / "s.png"), "--table", str(tmp_path / "s.md")])
+    rows = [(r["seed"], r["claim"], r["holds"]) for r in sweep.read_rows(out) if r["seed"] in ("3", "4")]
+    assert rows == [("3", "run completed", "False"), ("3", "given by", "True"),
+                    ("4", "run completed", "False"), ("4", "given by", "True"), ("4", "crashed", "False")]

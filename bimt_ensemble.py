@@ -388,7 +388,11 @@ def train_seeds(make, seeds: list, loss_fn, metric_fn=None, sampler=None, snapsh
     bc.train, as a notebook without SEEDS runs. Several: one ensemble (train_ensemble), each member ending where
     bc.train ends at its seed. snapshot_fn(step, model) records the first seed's run only (the one drawn).
     Returns the Members in the order of seeds."""
+    bc._check(isinstance(seeds, (list, tuple)) and len(seeds) > 0, "seeds", seeds, "a non-empty list", TypeError)
     runs = [make(s) for s in seeds]
+    for s, run in zip(seeds, runs):
+        bc._check(isinstance(run, tuple) and len(run) == 4, f"make({s!r})", type(run).__name__ if not isinstance(
+            run, tuple) else f"a tuple of {len(run)}", "a tuple (model, cfg, train_data, test_data)", TypeError)
     models, cfgs, train_data, test_data = (list(t) for t in zip(*runs))
     samplers = None if sampler is None else [sampler(c) for c in cfgs]
     if len(seeds) == 1:

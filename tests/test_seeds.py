@@ -72,6 +72,14 @@ def test_seed_list_is_the_one_seed_or_the_seeds():
             be.seed_list(seed, seeds)
 
 
+def test_train_seeds_says_what_make_must_return():
+    expected = r"make\(1\) must be a tuple \(model, cfg, train_data, test_data\), got 'a tuple of 3'"
+    with pytest.raises(TypeError, match=expected):
+        be.train_seeds(lambda s: make(s)[:3 if s else 4], [0, 1], F.mse_loss)
+    with pytest.raises(TypeError, match="seeds must be a non-empty list"):
+        be.train_seeds(make, [], F.mse_loss)
+
+
 def test_snapshot_functions_must_be_one_per_member():
     models, cfgs, train, test = zip(*(make(s) for s in (0, 1)))
     with pytest.raises(TypeError, match="snapshot_fns"):

@@ -377,7 +377,8 @@ def seed_list(seed: int | None, seeds: list | None) -> list:
         return [seed]
     bc._check(seed is None, "SEED", seed, "None when SEEDS is given (SEEDS lists every seed of the run)")
     bc._check(isinstance(seeds, (list, tuple)) and len(seeds) > 0 and all(bc._is_int(s, 0) for s in seeds)
-              and len(set(seeds)) == len(seeds), "SEEDS", seeds, "None or a non-empty list of distinct ints >= 0")
+              and len(set(seeds)) == len(seeds), "SEEDS", seeds, "None or a non-empty list of distinct ints >= 0"
+              + " (papermill passes a list with -y 'SEEDS: [0, 1]', not -p)" * isinstance(seeds, str))
     return list(seeds)
 
 

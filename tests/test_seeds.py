@@ -70,6 +70,8 @@ def test_seed_list_is_the_one_seed_or_the_seeds():
     for seed, seeds in [(3, [0, 1]), (None, []), (None, [0, 0]), (None, [0, -1]), (None, [0.5]), (None, 3)]:
         with pytest.raises(ValueError, match="SEED"):
             be.seed_list(seed, seeds)
+    with pytest.raises(ValueError, match="with -y 'SEEDS: \\[0, 1\\]', not -p"):
+        be.seed_list(None, "[0, 1]")  # what papermill -p SEEDS '[0, 1]' passes
 
 
 def test_train_seeds_says_what_make_must_return():

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 
 import bimt_core as bc
 
-__all__ = ["VECTOR_BLOCK_BYTES", "stacked_cost", "train_ensemble"]
+__all__ = ["VECTOR_BLOCK_BYTES", "Member", "seed_list", "stacked_cost", "train_ensemble", "train_seeds"]
 
 # An elementwise CPU kernel runs its vector loop over blocks of two vectors (at most 2 x 512 bits) and the rest
 # with scalar code, whose exp / erf can differ from the vector ones in the last bit. One member's activations
@@ -282,18 +283,25 @@ def _task_loss(loss_fn, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return task
 
 
-
-
 def train_ensemble(models: list, cfgs: list, train_data: list, test_data: list, loss_fn, metric_fn=None,
-                   samplers: list | None = None, progress: bool = True) -> list[dict]:
+                   samplers: list | None = None, progress: bool = True, snapshot_fns: list | None = None,
+                   snapshot_every: int | None = None) -> list[dict]:
     """`bc.train` for E members at once: models (E models of one architecture, trained in place), cfgs (E
     BIMTConfigs equal except for seed), train_data / test_data (E (inputs, targets) pairs of equal shapes),
-    samplers (None, or E sampler(step) -> batch indices). Member e follows bc.train(models[e], cfgs[e],
-    train_data[e], test_data[e], loss_fn, metric_fn, sampler=samplers[e]) and its history is returned in that
-    format, one per member. loss_fn and metric_fn see one member's outputs and targets at a time."""
+    samplers (None, or E sampler(step) -> batch indices), snapshot_fns (None, or E snapshot_fn(step, model) or
+    None). Member e follows bc.train(models[e], cfgs[e], train_data[e], test_data[e], loss_fn, metric_fn,
+    sampler=samplers[e], snapshot_fn=snapshot_fns[e], snapshot_every=snapshot_every) and its history is returned
+    in that format, one per member. loss_fn and metric_fn see one member's outputs and targets at a time."""
     from tqdm.auto import tqdm
 
     refs = _check_members(models, cfgs, train_data, test_data, loss_fn, metric_fn, samplers)  # as bc.train's ref
+    bc._check(snapshot_fns is None or isinstance(snapshot_fns, (list, tuple)) and len(snapshot_fns) == len(models),
+              "snapshot_fns", type(snapshot_fns).__name__, f"None or a list of {len(models)} (one per model)",
+              TypeError)
+    for e, fn in enumerate(snapshot_fns or []):
+        bc._check(fn is None or callable(fn), f"snapshot_fns[{e}]", fn, "None or a function (step, model)", TypeError)
+        bc._check(fn is None or bc._is_int(snapshot_every), "snapshot_every", snapshot_every,
+                  "a positive int when a snapshot function is given")
     cfg, E = cfgs[0], len(models)
     (X, Y), (X_te, Y_te) = ([torch.stack(ts) for ts in zip(*data)] for data in (train_data, test_data))
     if samplers is None and cfg.batch_size is not None:
@@ -329,6 +337,9 @@ def train_ensemble(models: list, cfgs: list, train_data: list, test_data: list, 
                     state = _MemberState(ens, opt, e) if cfg.swap_moves_optimizer_state else None
                     swaps[e] += bc.relocate(m, cfg.top_k, state, cfg.relocate_follow, **cfg.swap_cost_kwargs(step))
                 ens.refresh()
+            for fn, m in zip(snapshot_fns or [], models):
+                if fn is not None and (step % snapshot_every == 0 or last):
+                    fn(step, m)
             if evaluate:
                 with torch.no_grad():
                     for e, (hist, out) in enumerate(zip(hists, ens(X_te).unbind(0))):
@@ -346,3 +357,51 @@ def train_ensemble(models: list, cfgs: list, train_data: list, test_data: list, 
         ens.release()
         torch.set_num_threads(threads)
     return hists
+
+
+class Member(NamedTuple):
+    """One seed's run: the seed it was asked for, its trained model, its history, and the config and data it
+    trained on (test_data: what its claims are measured on)."""
+    seed: int | None
+    model: nn.Module
+    hist: bc.History
+    cfg: bc.BIMTConfig
+    train_data: tuple
+    test_data: tuple
+
+
+def seed_list(seed: int | None, seeds: list | None) -> list:
+    """A notebook's runs from its SEED and SEEDS parameters: [seed] (None: the authors' seed) without seeds,
+    else the seeds, distinct ints, the first one drawn."""
+    if seeds is None:
+        return [seed]
+    bc._check(seed is None, "SEED", seed, "None when SEEDS is given (SEEDS lists every seed of the run)")
+    bc._check(isinstance(seeds, (list, tuple)) and len(seeds) > 0 and all(bc._is_int(s, 0) for s in seeds)
+              and len(set(seeds)) == len(seeds), "SEEDS", seeds, "None or a non-empty list of distinct ints >= 0"
+              + " (papermill passes a list with -y 'SEEDS: [0, 1]', not -p)" * isinstance(seeds, str))
+    return list(seeds)
+
+
+def train_seeds(make, seeds: list, loss_fn, metric_fn=None, sampler=None, snapshot_fn=None,
+                snapshot_every: int | None = None, progress: bool = True) -> list[Member]:
+    """One run per seed, each made by make(seed) -> (model, cfg, train_data, test_data) with train_data and
+    test_data (inputs, targets) pairs; sampler(cfg) -> a bc.train sampler or None (its default batches). One seed:
+    bc.train, as a notebook without SEEDS runs. Several: one ensemble (train_ensemble), each member ending where
+    bc.train ends at its seed. snapshot_fn(step, model) records the first seed's run only (the one drawn).
+    Returns the Members in the order of seeds."""
+    bc._check(isinstance(seeds, (list, tuple)) and len(seeds) > 0, "seeds", seeds, "a non-empty list", TypeError)
+    runs = [make(s) for s in seeds]
+    for s, run in zip(seeds, runs):
+        bc._check(isinstance(run, tuple) and len(run) == 4, f"make({s!r})", type(run).__name__ if not isinstance(
+            run, tuple) else f"a tuple of {len(run)}", "a tuple (model, cfg, train_data, test_data)", TypeError)
+    models, cfgs, train_data, test_data = (list(t) for t in zip(*runs))
+    samplers = None if sampler is None else [sampler(c) for c in cfgs]
+    if len(seeds) == 1:
+        hists = [bc.train(models[0], cfgs[0], train_data[0], test_data[0], loss_fn, metric_fn=metric_fn,
+                          snapshot_fn=snapshot_fn, snapshot_every=snapshot_every, progress=progress,
+                          sampler=None if samplers is None else samplers[0])]
+    else:
+        samplers = None if samplers is None or all(s is None for s in samplers) else samplers
+        hists = train_ensemble(models, cfgs, train_data, test_data, loss_fn, metric_fn, samplers, progress,
+                               [snapshot_fn] + [None] * (len(seeds) - 1), snapshot_every)
+    return [Member(*fields) for fields in zip(seeds, models, hists, cfgs, train_data, test_data)]

@@ -30,11 +30,11 @@ import bimt_core as bc
 __all__ = ["network_graph", "surviving", "active_neurons", "Module", "find_modules", "reach_matrices",
            "NetworkReport", "analyze", "embedding_modules", "Pruned", "prune", "restore", "intervene",
            "edge_attribution", "circuit_faithfulness", "Circuit", "discover_circuit", "compact", "Planted",
-           "planted_mlp", "roc_auc", "Roc", "roc_curve", "weight_graph", "Modularity", "modularity", "CircuitCurve",
-           "circuit_curve", "plot_network", "plot_network_3d", "snapshot_recorder", "draw_snapshot", "save_gif",
-           "threshold_view", "threshold_explorer", "Claims", "figures_dir", "Interval", "wilson", "bootstrap_ci",
-           "sign_test", "MIN_PAIRS", "PairedDifference", "paired", "verdict", "Rate", "ClaimRate",
-           "claim_tally", "claim_rates"]
+           "planted_mlp", "roc_auc", "Roc", "roc_curve", "weight_graph", "Modularity", "modularity",
+           "CircuitCurve", "circuit_curve", "plot_network", "plot_network_3d", "snapshot_recorder",
+           "draw_snapshot", "save_gif", "threshold_view", "threshold_explorer", "Claims", "record_members",
+           "seed_table", "figures_dir", "Interval", "wilson", "bootstrap_ci", "sign_test", "MIN_PAIRS",
+           "PairedDifference", "paired", "verdict", "Rate", "ClaimRate", "claim_tally", "claim_rates"]
 
 # -- Analysis ----------------------------------------------------------------------------------------
 def network_graph(model: nn.Module, graph: bc.Graph | None = None) -> bc.Graph:
@@ -965,11 +965,18 @@ def threshold_explorer(model: nn.Module, metric_fn=None, graph: bc.Graph | None 
 class Claims:
     """The checked facts of a notebook run: `check` prints 'name: holds' (what nbval compares; the value is
     only recorded), `note` a measured fact (holds None). With a path, the records and the run's fields are
-    (re)written there as JSON, for the seed sweep (studies/sweep.py)."""
+    (re)written there as JSON, for the seed sweep (studies/sweep.py). `for_seed` records the other seeds of an
+    ensemble run into the same list, silently."""
 
     def __init__(self, path=None, **run):
         bc._check(path is None or Path(path).parent.is_dir(), "path", path, "None or a file name in an existing folder")
-        self.path, self.run, self.records = path, run, []
+        self.path, self.run, self.records, self.quiet = path, run, [], False
+
+    def for_seed(self, seed) -> "Claims":
+        """Claims that add to these records (and file) under another seed of the same run, printing nothing."""
+        other = Claims(self.path, **{**self.run, "seed": seed})
+        other.records, other.quiet = self.records, True
+        return other
 
     def _add(self, name: str, holds, value) -> None:
         bc._check(isinstance(name, str) and name, "a claim's name", name, "a non-empty str")
@@ -983,12 +990,36 @@ class Claims:
                             and holds.dtype == torch.bool, f"claim {name!r}: holds", holds,
                             "a bool (or one-element bool tensor)"))
         self._add(name, holds, value)
-        print(f"{name}: {holds}")
+        if not self.quiet:
+            print(f"{name}: {holds}")
         return holds
 
     def note(self, name: str, value) -> None:
         self._add(name, None, value)
-        print(f"{name}: {value}")
+        if not self.quiet:
+            print(f"{name}: {value}")
+
+def record_members(claims: Claims, runs: list, measure) -> None:
+    """For each run (anything with a .seed: a bimt_ensemble.Member, or a notebook's bundle of one seed's
+    networks), record measure(run) -> [(name, holds, value)] under its seed: a claim, or a note where holds is
+    None. Silent: the notebook prints its first seed's claims itself."""
+    for run in runs:
+        c = claims.for_seed(run.seed)
+        for name, holds, value in measure(run):
+            c.note(name, value) if holds is None else c.check(name, holds, value)
+
+def seed_table(records: list[dict]) -> str:
+    """Per claim (notes skipped), in the order first recorded: at how many of the seeds that recorded it the
+    claim holds, as `Rate` (k/n and its Wilson 95% interval). One line a claim; seed None is the authors' seed."""
+    counts = {}
+    for r in records:
+        if r["holds"] is not None:
+            kn = counts.setdefault(r["claim"], [0, 0])
+            kn[0] += bool(r["holds"])
+            kn[1] += 1
+    seeds = [str(s) if s is not None else "the authors'" for s in dict.fromkeys(r.get("seed") for r in records)]
+    head = f"{len(seeds)} seed{'s' * (len(seeds) != 1)} ({', '.join(seeds)}); per claim, the seeds where it holds:"
+    return "\n".join([head] + [f"  {Rate(*kn)!s:>20}  {name}" for name, kn in counts.items()])
 
 def figures_dir() -> Path:
     """figures/ beside bimt_core.py (the repository's), created if needed: where the notebooks save."""

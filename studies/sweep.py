@@ -6,6 +6,7 @@ Not collected by pytest. Run from the repository root:
     .venv/bin/python studies/sweep.py --notebooks two_moons --seeds 0-4 --procedures clean
     .venv/bin/python studies/sweep.py --summary            # only redraw the figure and the table from the CSV
     .venv/bin/python studies/sweep.py --scheduler tcp://host:8786   # on a running dask cluster (docs/sweeps.md)
+    .venv/bin/python studies/sweep.py --ensemble           # one run per notebook and procedure, all seeds at once
 
 Every notebook runs once per (seed, procedure): the seeds of --seeds and the authors' seed (SEED=None, recorded
 as seed "authors"), under the authors' procedure and our clean one, with FIGURES=False (no figure files, GIFs or
@@ -16,6 +17,13 @@ skipped). At the end, and with --summary, the sweep writes figures/claims_sweep.
 (docs/robustness.md reads them; each notebook shows its own rows with bs.claim_rates). A notebook whose
 `parameters` cell lacks one of the five names is refused before anything runs; --timeout bounds a whole run; a run that records
 no claim, or another procedure than it was given, counts as failed.
+
+With --ensemble, a notebook runs once per procedure with all the seeds of --seeds (SEEDS=[...]: trained as one
+ensemble, bimt_ensemble.train_seeds), and the authors' seed alone as before. The run's claims are split by the
+seed they carry, so the CSV gets the same rows as the per-seed sweep, each seed's seconds being the run's time over
+its number of seeds; a run that fails fails every seed of it. One exception: a notebook compares with the authors'
+code for its first seed only, so a later seed equal to the authors' one lacks those rows (the authors'-seed run has
+them). The notebook's parameters cell must also set SEEDS.
 
 Why papermill rather than bare nbclient: a sweep needs parameters, and papermill (2.7.0, in requirements.txt)
 is nbclient plus exactly that: it injects the values after the cell tagged `parameters`, so a notebook keeps its
@@ -62,6 +70,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = {"symbolic_formulas": "Fig 3", "two_moons": "Fig 4", "modular_addition": "Fig 5",
              "permutation_s4": "Fig 6", "incontext_regression": "Fig 7", "mnist": "Fig 8"}
 PARAMETERS = {"SEED", "PROCEDURE", "FAST", "FIGURES", "CLAIMS_JSON"}  # every notebook's parameters cell has these
+ENSEMBLE_PARAMETERS = PARAMETERS | {"SEEDS"}  # and these for --ensemble
 COLUMNS = ["notebook", "seed", "procedure", "claim", "holds", "value", "seconds", "commit"]
 AUTHORS_SEED = "authors"  # the seed column of the run with SEED=None
 RUN_COMPLETED = "run completed"
@@ -143,11 +152,12 @@ def run_rows(key: tuple, records: list[dict], seconds: float, error: str | None,
 
 class Job(NamedTuple):
     """One run, as a worker receives it: everything it needs except the repository, which the worker has."""
-    key: tuple[str, str, str]  # (notebook stem, seed or 'authors', procedure)
+    key: tuple[str, str, str]  # (notebook stem, seed or 'authors' or the seeds joined by ',', procedure)
     notebook: str              # the notebook's JSON, outputs stripped: no worker reads the sweep's own files
     fast: bool
     timeout: float             # seconds the whole run may take
     commit: str                # the sweep's checkout (git_commit); a worker at another commit refuses the job
+    seeds: tuple | None = None  # an ensemble run's seeds (the notebook's SEEDS); None: the one seed of key
 
 
 class Run(NamedTuple):
@@ -202,8 +212,10 @@ def execute(job: Job) -> Run:
     stem, seed, procedure = job.key
     with tempfile.TemporaryDirectory(prefix="bimt_sweep_") as scratch:
         out, claims_json = Path(scratch) / f"{stem}.ipynb", Path(scratch) / "claims.json"
-        params = dict(SEED=None if seed == AUTHORS_SEED else int(seed), PROCEDURE=procedure, FAST=job.fast,
-                      FIGURES=False, CLAIMS_JSON=str(claims_json))
+        params = dict(SEED=None if seed == AUTHORS_SEED or job.seeds else int(seed), PROCEDURE=procedure,
+                      FAST=job.fast, FIGURES=False, CLAIMS_JSON=str(claims_json))
+        if job.seeds:
+            params["SEEDS"] = list(job.seeds)
         start, deadline, error = time.perf_counter(), time.monotonic() + job.timeout, None
         try:
             # The kernel starts in the scratch folder (nbclient's resources path; papermill's own cwd= would
@@ -229,15 +241,22 @@ def execute(job: Job) -> Run:
         elif error is None and procedures:
             error = f"the notebook recorded procedure {procedures.pop()!r}, not the {procedure!r} it was given"
         executed = out.read_text() if error is not None and out.is_file() else None
-    return Run(job.key, run_rows(job.key, records, seconds, error, job.commit), seconds, error, executed)
+    if not job.seeds:
+        return Run(job.key, run_rows(job.key, records, seconds, error, job.commit), seconds, error, executed)
+    rows = []  # per seed, the rows its own run would give: its claims, a share of the time, the run's error
+    for s in job.seeds:
+        mine = [r for r in records if r.get("seed") == s]
+        failed = error or (None if mine else f"the run recorded no claims for seed {s}")
+        rows += run_rows((stem, str(s), procedure), mine, seconds / len(job.seeds), failed, job.commit)
+    return Run(job.key, rows, seconds, error, executed)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # The sweep
 
 
-def check_notebooks(folder: Path, stems: list[str]) -> None:
-    """Every notebook must exist and define the five parameters: without a `parameters` cell papermill would
+def check_notebooks(folder: Path, stems: list[str], required: set = PARAMETERS) -> None:
+    """Every notebook must exist and define the required parameters: without a `parameters` cell papermill would
     inject SEED above the notebook's own `SEED = None`, and every 'seed' would silently be the authors' one."""
     import nbformat
 
@@ -250,13 +269,14 @@ def check_notebooks(folder: Path, stems: list[str]) -> None:
         cells = [c for c in nbformat.read(path, as_version=4).cells if "parameters" in c.metadata.get("tags", [])]
         assigned = {t.id for c in cells for node in ast.walk(ast.parse(c.source)) if isinstance(node, ast.Assign)
                     for t in node.targets if isinstance(t, ast.Name)}  # papermill's own parser skips `a == b`
-        missing = PARAMETERS - assigned
+        missing = required - assigned
         if not cells:
             problems.append(f"{path}: no cell tagged 'parameters'")
         elif missing:
             problems.append(f"{path}: its cell tagged 'parameters' does not set {', '.join(sorted(missing))}")
     if problems:
-        sys.exit("cannot sweep (each notebook needs a parameters cell with SEED, PROCEDURE, FAST, FIGURES, CLAIMS_JSON):\n" + "\n".join(problems))
+        sys.exit(f"cannot sweep (each notebook needs a parameters cell with {', '.join(sorted(required))}):\n"
+                 + "\n".join(problems))
 
 
 def git_commit(root: Path = ROOT) -> str:
@@ -313,7 +333,7 @@ def sweep(args) -> None:
     from distributed import as_completed
     from tqdm import tqdm
 
-    check_notebooks(args.notebook_dir, args.notebooks)
+    check_notebooks(args.notebook_dir, args.notebooks, ENSEMBLE_PARAMETERS if args.ensemble else PARAMETERS)
     seeds = ([AUTHORS_SEED] if args.authors_seed else []) + [str(s) for s in args.seeds]
     keys = [(nb, s, p) for nb in args.notebooks for p in args.procedures for s in seeds]
     old = read_rows(args.out)
@@ -333,7 +353,16 @@ def sweep(args) -> None:
         return
     commit, tmp = git_commit(), tempfile.mkdtemp(prefix="bimt_sweep_")
     notebooks = {stem: strip_outputs(args.notebook_dir / f"{stem}.ipynb") for stem in args.notebooks}
-    jobs = [Job(k, notebooks[k[0]], args.fast, args.timeout, commit) for k in todo]
+    jobs = [Job(k, notebooks[k[0]], args.fast, args.timeout, commit) for k in todo if not args.ensemble]
+    if args.ensemble:  # the swept seeds of a notebook and procedure in one job; the authors' seed alone
+        groups = {}
+        for stem, seed, procedure in todo:
+            groups.setdefault((stem, procedure, seed == AUTHORS_SEED), []).append(seed)
+        for (stem, procedure, authors), group in groups.items():
+            seeds = None if authors else tuple(int(s) for s in group)
+            jobs.append(Job((stem, ",".join(group), procedure), notebooks[stem], args.fast, args.timeout, commit,
+                            seeds))
+        jobs.sort(key=lambda j: -longest.get((j.key[0], j.key[2]), float("inf")) * len(j.seeds or [0]))
     print(f"FAST={args.fast}, FIGURES=False, timeout {args.timeout:.0f} s per run; commit {commit}; one kernel per "
           f"job, torch on 1 thread (bimt_core.train), OMP_NUM_THREADS=MKL_NUM_THREADS=1; the executed notebooks of "
           f"failed runs go to {tmp}")
@@ -358,7 +387,7 @@ def sweep(args) -> None:
                              f"their PYTHONPATH (docs/sweeps.md). The runs that ended are in {args.out}; --resume "
                              f"goes on.")
                 write_rows(args.out, run.rows, append=True)
-                seconds.setdefault((stem, procedure), []).append(run.seconds)
+                seconds.setdefault((stem, procedure), []).append(run.seconds / len(futures[future].seeds or [0]))
                 if run.error:
                     failed += 1
                     kept = Path(tmp) / f"{stem}_seed{seed}_{procedure}.ipynb"
@@ -544,6 +573,9 @@ def main(argv=None) -> None:
     parser.add_argument("--figure", type=Path, help="the figure (default figures/claims_sweep.png)")
     parser.add_argument("--table", type=Path, help="the markdown tables (default results/claims_sweep.md)")
     parser.add_argument("--notebook-dir", type=Path, default=ROOT / "notebooks", help="where the STEMs are")
+    parser.add_argument("--ensemble", action="store_true",
+                        help="one run per notebook and procedure, its seeds trained as one ensemble (SEEDS=[...]); "
+                             "the same rows as a run per seed")
     args = parser.parse_args(argv)
     try:
         args.seeds = parse_seeds(args.seeds)

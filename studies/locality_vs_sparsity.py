@@ -513,11 +513,10 @@ def task_summary(rows: list[dict], task: str, searched: list[dict]) -> list[str]
                        for r in search_rows if r["kind"] == "wd")
         used = {a: sorted({r[k] for r in rows if r["task"] == task and r["arm"] == a})
                 for a, k in (("l1_matched", "lam"), ("wd", "weight_decay"))}
+        uses = {a: ", ".join(v) or f"(no {a} run in the study yet)" for a, v in used.items()}
         out += [f"Search at seed {search_rows[0]['seed']}: bimt keeps {bimt['connections'] if bimt else '?'} "
-                f"connections; l1 with lambda x factor keeps {l1}; l1_matched uses lambda "
-                f"{', '.join(used['l1_matched'])}. "
-                f"Weight decay -> {perf_name}: {wd}; wd uses "
-                f"{', '.join(used['wd'])}.", ""]
+                f"connections; l1 with lambda x factor keeps {l1}; l1_matched uses lambda {uses['l1_matched']}. "
+                f"Weight decay -> {perf_name}: {wd}; wd uses {uses['wd']}.", ""]
     head = ["arm", "learned (Wilson 95%)"] + [label if col != "perf" else perf_name for col, label, _, _ in QUANTITIES]
     out += ["Mean [min, max] over the runs that learned the task.", "",
             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

@@ -169,6 +169,12 @@ def test_the_summary_says_which_differences_the_intervals_support():
     assert "Supported by the intervals: bimt - l1_matched in modularity Q: +0.155 [" in text
     assert "bimt - lam0 in modularity Q" not in text
     assert "| bimt | 10/10 [0.72, 1.00] |" in text and "| lam0 | 9/10 [0.60, 0.98] |" in text
+    searched = [dict(task="independence", kind="bimt", seed="1000", factor="", connections="22"),
+                dict(task="independence", kind="l1", seed="1000", factor="1", connections="18"),
+                dict(task="independence", kind="wd", seed="1000", weight_decay="1", perf="0.99", learned="True")]
+    line = next(x for x in lvs.summary(rows, searched).splitlines() if x.startswith("Search at seed 1000"))
+    assert "l1_matched uses lambda 1." in line  # the rows' lam column
+    assert line.endswith("wd uses (no wd run in the study yet).")  # a partial study: no wd rows to read it from
 
 
 def test_the_seed0_export_rebuilds_each_network_with_its_trained_weights(tmp_path):

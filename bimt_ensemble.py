@@ -27,7 +27,8 @@ import torch.nn.functional as F
 
 import bimt_core as bc
 
-__all__ = ["VECTOR_BLOCK_BYTES", "Member", "seed_list", "stacked_cost", "train_ensemble", "train_seeds"]
+__all__ = ["VECTOR_BLOCK_BYTES", "Member", "seed_list", "stacked_cost", "train_arms", "train_ensemble",
+           "train_seeds"]
 
 # An elementwise CPU kernel runs its vector loop over blocks of two vectors (at most 2 x 512 bits) and the rest
 # with scalar code, whose exp / erf can differ from the vector ones in the last bit. One member's activations
@@ -241,12 +242,12 @@ def _check_members(models, cfgs, train_data, test_data, loss_fn, metric_fn, samp
                   "a BioTransformer with layer_norm=True", "a BioTransformer without LayerNorm (layer_norm=False)")
         probes.append(_check_member(e, m, cfgs[e], loss_fn, metric_fn, None if samplers is None else samplers[e],
                                     train_data[e], test_data[e]))
-    first, unseeded = _describe(models[0]), dataclasses.replace(cfgs[0], seed=0)
+    first, unseeded = _describe(models[0]), dataclasses.replace(cfgs[0], seed=0, swap=False)
     for e in range(1, E):
         differs = [k for k, v in _describe(models[e]).items() if v != first[k]]
         bc._check(not differs, f"models[{e}]", f"different {', '.join(differs)}", "the architecture of models[0]")
-        bc._check(type(cfgs[e]) is type(cfgs[0]) and dataclasses.replace(cfgs[e], seed=0) == unseeded, f"cfgs[{e}]",
-                  cfgs[e], f"equal to cfgs[0] except for seed ({cfgs[0]!r})")
+        bc._check(type(cfgs[e]) is type(cfgs[0]) and dataclasses.replace(cfgs[e], seed=0, swap=False) == unseeded,
+                  f"cfgs[{e}]", cfgs[e], f"equal to cfgs[0] except for seed and swap ({cfgs[0]!r})")
         for name, data in (("train_data", train_data), ("test_data", test_data)):
             shapes = [(tuple(t.shape), t.dtype) for t in data[e]]
             bc._check(shapes == [(tuple(t.shape), t.dtype) for t in data[0]], f"{name}[{e}]'s (inputs, targets)",
@@ -287,7 +288,7 @@ def train_ensemble(models: list, cfgs: list, train_data: list, test_data: list, 
                    samplers: list | None = None, progress: bool = True, snapshot_fns: list | None = None,
                    snapshot_every: int | None = None) -> list[dict]:
     """`bc.train` for E members at once: models (E models of one architecture, trained in place), cfgs (E
-    BIMTConfigs equal except for seed), train_data / test_data (E (inputs, targets) pairs of equal shapes),
+    BIMTConfigs equal except for seed and swap: members with swaps and members without can share a stack), train_data / test_data (E (inputs, targets) pairs of equal shapes),
     samplers (None, or E sampler(step) -> batch indices), snapshot_fns (None, or E snapshot_fn(step, model) or
     None). Member e follows bc.train(models[e], cfgs[e], train_data[e], test_data[e], loss_fn, metric_fn,
     sampler=samplers[e], snapshot_fn=snapshot_fns[e], snapshot_every=snapshot_every) and its history is returned
@@ -332,10 +333,12 @@ def train_ensemble(models: list, cfgs: list, train_data: list, test_data: list, 
             opt.zero_grad(set_to_none=True)
             loss.sum().backward()  # each member's loss receives gradient 1, as in its own run
             opt.step()
-            if cfg.swap and (step + 1) % cfg.swap_every == 0:
+            if any(c.swap for c in cfgs) and (step + 1) % cfg.swap_every == 0:
                 for e, m in enumerate(models):
-                    state = _MemberState(ens, opt, e) if cfg.swap_moves_optimizer_state else None
-                    swaps[e] += bc.relocate(m, cfg.top_k, state, cfg.relocate_follow, **cfg.swap_cost_kwargs(step))
+                    if cfgs[e].swap:
+                        state = _MemberState(ens, opt, e) if cfg.swap_moves_optimizer_state else None
+                        swaps[e] += bc.relocate(m, cfg.top_k, state, cfg.relocate_follow,
+                                                **cfg.swap_cost_kwargs(step))
                 ens.refresh()
             for fn, m in zip(snapshot_fns or [], models):
                 if fn is not None and (step % snapshot_every == 0 or last):
@@ -389,19 +392,34 @@ def train_seeds(make, seeds: list, loss_fn, metric_fn=None, sampler=None, snapsh
     bc.train, as a notebook without SEEDS runs. Several: one ensemble (train_ensemble), each member ending where
     bc.train ends at its seed. snapshot_fn(step, model) records the first seed's run only (the one drawn).
     Returns the Members in the order of seeds."""
+    return train_arms(lambda arm, seed: make(seed), [None], seeds, loss_fn, metric_fn, sampler, snapshot_fn,
+                      snapshot_every, progress)[None]
+
+
+def train_arms(make, arms: list, seeds: list, loss_fn, metric_fn=None, sampler=None, snapshot_fn=None,
+               snapshot_every: int | None = None, progress: bool = True) -> dict:
+    """train_seeds for arms that differ only in whether they swap: one run per arm and seed, made by
+    make(arm, seed) -> (model, cfg, train_data, test_data), the configs of all runs equal except for seed and swap.
+    One run: bc.train. Several: one ensemble, each member ending where bc.train ends on its own.
+    snapshot_fn(step, model) records the first arm's first seed. Returns {arm: its Members in the order of seeds}."""
     bc._check(isinstance(seeds, (list, tuple)) and len(seeds) > 0, "seeds", seeds, "a non-empty list", TypeError)
-    runs = [make(s) for s in seeds]
-    for s, run in zip(seeds, runs):
-        bc._check(isinstance(run, tuple) and len(run) == 4, f"make({s!r})", type(run).__name__ if not isinstance(
+    bc._check(isinstance(arms, (list, tuple)) and len(arms) > 0 and len(set(arms)) == len(arms), "arms", arms,
+              "a non-empty list of distinct arms", TypeError)
+    keys = [(arm, s) for arm in arms for s in seeds]
+    runs = [make(arm, s) for arm, s in keys]
+    for (arm, s), run in zip(keys, runs):
+        call = f"make({s!r})" if arms == [None] else f"make({arm!r}, {s!r})"
+        bc._check(isinstance(run, tuple) and len(run) == 4, call, type(run).__name__ if not isinstance(
             run, tuple) else f"a tuple of {len(run)}", "a tuple (model, cfg, train_data, test_data)", TypeError)
     models, cfgs, train_data, test_data = (list(t) for t in zip(*runs))
     samplers = None if sampler is None else [sampler(c) for c in cfgs]
-    if len(seeds) == 1:
+    if len(runs) == 1:
         hists = [bc.train(models[0], cfgs[0], train_data[0], test_data[0], loss_fn, metric_fn=metric_fn,
                           snapshot_fn=snapshot_fn, snapshot_every=snapshot_every, progress=progress,
                           sampler=None if samplers is None else samplers[0])]
     else:
         samplers = None if samplers is None or all(s is None for s in samplers) else samplers
         hists = train_ensemble(models, cfgs, train_data, test_data, loss_fn, metric_fn, samplers, progress,
-                               [snapshot_fn] + [None] * (len(seeds) - 1), snapshot_every)
-    return [Member(*fields) for fields in zip(seeds, models, hists, cfgs, train_data, test_data)]
+                               [snapshot_fn] + [None] * (len(runs) - 1), snapshot_every)
+    members = [Member(s, *fields) for (_, s), *fields in zip(keys, models, hists, cfgs, train_data, test_data)]
+    return {arm: [m for (a, _), m in zip(keys, members) if a == arm] for arm in arms}

@@ -125,6 +125,23 @@ def test_each_member_is_its_single_run(task, steps, sampled, procedure):
     assert not torch.equal(first, second)  # two seeds, two different networks
 
 
+@pytest.mark.parametrize("procedure", ["clean", "authors"])
+def test_a_member_without_swaps_beside_one_with_swaps_is_its_single_run(procedure):
+    """Fig 7's two arms in one stack: the same seed with swaps and without."""
+    dtype = torch.float64 if procedure == "authors" else torch.float32
+    runs = [transformer(SEEDS[0], dtype) for _ in range(2)]
+    cfgs = [config(procedure, SEEDS[0], 1000, swap=swap, **run.cfg) for swap, run in zip((True, False), runs)]
+    hists = be.train_ensemble([r.model for r in runs], cfgs, [r.train for r in runs], [r.test for r in runs],
+                              runs[0].loss_fn, progress=False)
+    assert hists[0]["swaps"][-1] > 0 and hists[1]["swaps"][-1] == 0
+    for run, cfg, hist in zip(runs, cfgs, hists):
+        single = transformer(SEEDS[0], dtype)
+        single_hist = bc.train(single.model, cfg, single.train, single.test, single.loss_fn, progress=False)
+        assert hist == single_hist
+        assert all(torch.equal(a, b) for a, b in zip(run.model.state_dict().values(),
+                                                     single.model.state_dict().values()))
+
+
 def test_members_come_out_as_ordinary_models():
     """After training each member owns its tensors (no view of the stack) and reads like its single run."""
     runs = [regression(seed, torch.float32) for seed in SEEDS]

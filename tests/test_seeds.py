@@ -63,6 +63,29 @@ def test_a_sampler_per_member_is_made_from_its_config(one_thread):
                                                 sampler=sampler(cfg)))
 
 
+@pytest.mark.parametrize("seeds", [[3], [0, 5]])
+def test_arms_with_and_without_swaps_train_as_one_stack_and_each_run_is_its_single_run(seeds, one_thread):
+    def make_arm(swap, seed):
+        model, cfg, train, test = make(seed)
+        return model, dataclasses.replace(cfg, swap=swap), train, test
+
+    snaps = []
+    arms = be.train_arms(make_arm, [True, False], seeds, F.mse_loss, snapshot_fn=bs.snapshot_recorder(snaps),
+                         snapshot_every=25, progress=False)
+    assert list(arms) == [True, False] and [[m.seed for m in ms] for ms in arms.values()] == [seeds, seeds]
+    for swap, members in arms.items():
+        for member in members:
+            model, cfg, train, test = make_arm(swap, member.seed)
+            assert_same_run(member, model, bc.train(model, cfg, train, test, F.mse_loss, progress=False))
+            assert (member.hist["swaps"][-1] > 0) == swap  # the arm without swaps never swapped
+    assert [s for s, _ in snaps] == [0, 25, 50, 59]  # the first arm's first seed
+    with pytest.raises(ValueError, match=r"cfgs\[1\] must be equal to cfgs\[0\] except for seed and swap"):
+        be.train_arms(lambda lr, s: (make(s)[0], dataclasses.replace(CFG, seed=s, lr=lr), *make(s)[2:]),
+                      [1e-2, 1e-3], [0], F.mse_loss, progress=False)
+    with pytest.raises(TypeError, match=r"make\(True, 0\) must be a tuple"):
+        be.train_arms(lambda swap, s: make(s)[:3], [True], [0], F.mse_loss)
+
+
 def test_seed_list_is_the_one_seed_or_the_seeds():
     assert be.seed_list(None, None) == [None]
     assert be.seed_list(3, None) == [3]

@@ -539,6 +539,7 @@ def task_summary(rows: list[dict], task: str, searched: list[dict]) -> list[str]
     for other in [a for a in COMPARED if a in arms and "bimt" in arms]:
         for col, label, fmt, better in (q for q in QUANTITIES if q[0] in DIFFERENCES):
             out.append(comparison(rows, task, ("bimt", other), col, label, fmt, words[better], supported))
+    out += sparsity_and_q(rows, task)
     out += ["", "Ablation: which shortens the wiring? wiring(a) - wiring(b) over the seeds where both learned; "
             "positive: b's wiring is shorter.", "",
             "| a - b | the effect of | pairs | difference | a above : below b | p | what the interval supports |",
@@ -551,6 +552,20 @@ def task_summary(rows: list[dict], task: str, searched: list[dict]) -> list[str]
         "Supported by the intervals: " + "; ".join(supported) + "." if supported else
         "No difference between bimt and another arm, nor between the ablation's arms, is supported by the intervals.")]
     return out + [""]
+
+
+def sparsity_and_q(rows: list[dict], task: str) -> list[str]:
+    """Does Q follow the number of connections kept, within plain L1 (l1 and l1_matched, the runs that learned)?
+    If it does not, a mismatch in connections between bimt and l1_matched cannot explain a difference in Q."""
+    pairs = [(c, values(rows, task, arm, "q")[s]) for arm in ("l1", "l1_matched")
+             for s, c in values(rows, task, arm, "connections").items()]
+    if len(pairs) < bs.MIN_PAIRS or len({c for c, _ in pairs}) < 2:
+        return []
+    c, q = np.array(pairs, dtype=float).T
+    r, slope = np.corrcoef(c, q)[0, 1], np.polyfit(c, q, 1)[0]
+    return ["", f"Q against connections within plain L1 (l1 and l1_matched, {len(pairs)} runs that learned, "
+                f"{c.min():.0f} to {c.max():.0f} connections): Pearson r {r:+.2f}, slope {100 * slope:+.3f} Q per 100 "
+                f"connections."]
 
 
 def comparison(rows: list[dict], task: str, arms: tuple, col: str, label: str, fmt: str, words: tuple,

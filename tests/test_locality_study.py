@@ -177,6 +177,23 @@ def test_the_summary_says_which_differences_the_intervals_support():
     assert line.endswith("wd uses (no wd run in the study yet).")  # a partial study: no wd rows to read it from
 
 
+def test_the_summary_says_whether_q_follows_the_connections_within_plain_l1():
+    def row(arm, seed, connections, q):
+        return {c: "1" for c in lvs.COLUMNS} | dict(
+            task="modadd", arm=arm, seed=str(seed), perf_name="test_accuracy", learned="True", q=str(q),
+            connections=str(connections), commit="abc", steps="20000")
+
+    rows = [row("bimt", s, 300, 0.5) for s in range(5)]
+    # l1 and l1_matched together: Q = 0.1 + 0.001 * connections exactly, over 300..480 connections
+    rows += [row(arm, s, c, 0.1 + 0.001 * c) for arm, c0 in (("l1", 300), ("l1_matched", 400))
+             for s, c in enumerate(range(c0, c0 + 100, 20))]
+    line = next(x for x in lvs.summary(rows, []).splitlines() if x.startswith("Q against connections"))
+    assert line == ("Q against connections within plain L1 (l1 and l1_matched, 10 runs that learned, 300 to 480 "
+                    "connections): Pearson r +1.00, slope +0.100 Q per 100 connections.")
+    few = [r for r in rows if r["arm"] != "l1_matched"][:8]  # 3 plain L1 runs: too few to say
+    assert "Q against connections" not in lvs.summary(few, [])
+
+
 def test_the_seed0_export_rebuilds_each_network_with_its_trained_weights(tmp_path):
     models = tmp_path / "models"
     trained = {}

@@ -5,6 +5,7 @@ Not collected by pytest. Resumable: every finished run is one row of results/loc
 
     python studies/locality_vs_sparsity.py --tasks independence compositionality --resume   # runs, then summary
     python studies/locality_vs_sparsity.py --tasks modadd --seeds 0-4 --jobs 2 --resume
+    python studies/locality_vs_sparsity.py --tasks mnist --arms l1_swap l1_local --ensemble 10 --jobs 2 --resume
     python studies/locality_vs_sparsity.py --summary        # only rewrite results/locality_vs_sparsity.md
     python studies/locality_vs_sparsity.py --export         # seed-0 networks -> results/locality_vs_sparsity_seed0.npz
 
@@ -43,7 +44,9 @@ The summary compares only runs that learned the task: per arm the mean and range
 differences bimt - l1_matched, bimt - l1, bimt - wd and bimt - lam0 (and, for the wiring, the ablation's pairs)
 over the seeds where both learned, each with a seeded bootstrap 95% interval of the mean and an exact two-sided
 sign test. Runs go seed by seed, so that a partial study is already paired; --jobs runs several at once, each
-process on one thread.
+process on one thread. With --ensemble E, up to E seeds of one task and arm train at once as an ensemble
+(bimt_ensemble.train_seeds): each member ends where its single run ends, so the rows are the same but for the
+seconds, which are the ensemble's time shared equally.
 """
 import argparse
 import math
@@ -63,6 +66,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import bimt_core as bc  # noqa: E402
 import bimt_data as bd  # noqa: E402
+import bimt_ensemble as be  # noqa: E402
 import bimt_seeing as bs  # noqa: E402
 from sweep import git_commit, parse_seeds, read_rows, write_rows  # noqa: E402
 
@@ -247,17 +251,31 @@ class Trained(NamedTuple):
 
 def train(task: Task, setup: Setup, cfg: bc.BIMTConfig, model_path: Path | None = None) -> Trained:
     """setup.model trained with cfg, or its trained weights loaded from model_path when that file exists."""
-    if model_path is not None and model_path.is_file():
-        saved = torch.load(model_path)
-        setup.model.load_state_dict(saved["state"])
-        return Trained(setup.model, saved["seconds"], saved["swaps"])
-    t = time.perf_counter()
-    hist = bc.train(setup.model, cfg, setup.train, setup.test, task.loss, progress=False)
-    done = Trained(setup.model, time.perf_counter() - t, hist["swaps"][-1])
-    if model_path is not None:
-        model_path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(dict(state=setup.model.state_dict(), seconds=done.seconds, swaps=done.swaps), model_path)
-    return done
+    return train_seeds(task, [(setup, cfg)], [model_path])[0]
+
+
+def train_seeds(task: Task, runs: list, model_paths: list) -> list[Trained]:
+    """Each (setup, cfg) of runs (one arm at several seeds) trained, or loaded from its model_path (a file, None:
+    not kept) when that file exists. Those to train go as one ensemble (bimt_ensemble.train_seeds: each member
+    ends where bc.train ends at its seed; a single one is bc.train); each is credited an equal share of the time."""
+    done = {}
+    for i, ((setup, _), path) in enumerate(zip(runs, model_paths)):
+        if path is not None and path.is_file():
+            saved = torch.load(path)
+            setup.model.load_state_dict(saved["state"])
+            done[i] = Trained(setup.model, saved["seconds"], saved["swaps"])
+    todo = [i for i in range(len(runs)) if i not in done]
+    if todo:
+        t = time.perf_counter()
+        members = be.train_seeds(lambda i: (runs[i][0].model, runs[i][1], runs[i][0].train, runs[i][0].test), todo,
+                                 task.loss, progress=False)
+        share = (time.perf_counter() - t) / len(todo)
+        for i, m in zip(todo, members):
+            done[i] = Trained(m.model, share, m.hist["swaps"][-1])
+            if model_paths[i] is not None:
+                model_paths[i].parent.mkdir(parents=True, exist_ok=True)
+                torch.save(dict(state=m.model.state_dict(), seconds=share, swaps=done[i].swaps), model_paths[i])
+    return [done[i] for i in range(len(runs))]
 
 
 def measure(task: Task, model, test, seed: int, n_null: int, acdc_max: int) -> dict:
@@ -293,17 +311,33 @@ def as_text(v) -> str:
     return "" if v is None else str(v) if isinstance(v, (bool, str, int)) else f"{v:.6g}"
 
 
-def run_one(job: dict) -> dict:
-    """Train and measure one (task, arm, seed): its CSV row."""
+def run_seeds(job: dict) -> list[dict]:
+    """Train and measure one task and arm at job['seeds'] (one ensemble when there are several): their CSV rows."""
     torch.set_num_threads(1)
-    task, arm, seed = TASKS[job["task"]], job["arm"], job["seed"]
-    setup = task.make(seed)
-    cfg = scaled(arm_config(setup.cfg, arm, task.A, job.get("lam_factor"), job.get("weight_decay")), job["scale"])
-    done = train(task, setup, cfg, model_file(job["models"], job))
-    row = dict(task=task.name, arm=arm, seed=seed, lam=cfg.lam, weight_factor=cfg.weight_factor, swap=cfg.swap,
-               weight_decay=cfg.weight_decay, steps=cfg.steps, train_seconds=done.seconds, swaps=done.swaps,
-               commit=job["commit"], **measure(task, done.model, setup.test, seed, job["n_null"], job["acdc_max"]))
-    return {k: as_text(row.get(k)) for k in COLUMNS}
+    task, arm = TASKS[job["task"]], job["arm"]
+    setups = [task.make(seed) for seed in job["seeds"]]
+    cfgs = [scaled(arm_config(su.cfg, arm, task.A, job.get("lam_factor"), job.get("weight_decay")), job["scale"])
+            for su in setups]
+    paths = [model_file(job["models"], dict(task=task.name, arm=arm, seed=seed)) for seed in job["seeds"]]
+    rows = []
+    for seed, setup, cfg, done in zip(job["seeds"], setups, cfgs, train_seeds(task, list(zip(setups, cfgs)), paths)):
+        row = dict(task=task.name, arm=arm, seed=seed, lam=cfg.lam, weight_factor=cfg.weight_factor, swap=cfg.swap,
+                   weight_decay=cfg.weight_decay, steps=cfg.steps, train_seconds=done.seconds, swaps=done.swaps,
+                   commit=job["commit"], **measure(task, done.model, setup.test, seed, job["n_null"],
+                                                   job["acdc_max"]))
+        rows.append({k: as_text(row.get(k)) for k in COLUMNS})
+    return rows
+
+
+def jobs_of(todo: list[tuple], ensemble: int) -> list[tuple]:
+    """The (task, arm, seeds) jobs of the (task, arm, seed) runs to do: one seed each, or, with ensemble > 1, the
+    seeds of a task and arm in groups of at most `ensemble`, trained at once; in the order of their first run."""
+    groups = {}
+    for t, a, s in todo:
+        groups.setdefault((t, a), []).append(s)
+    size = max(ensemble, 1)
+    return sorted(((t, a, seeds[i:i + size]) for (t, a), seeds in groups.items() for i in range(0, len(seeds), size)),
+                  key=lambda job: todo.index((job[0], job[1], job[2][0])))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -621,7 +655,10 @@ def main(argv=None) -> None:
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     ap.add_argument("--seeds", nargs="+", default=["0-9"], help="e.g. 0-9, or 0 3 7, or 0-4,8")
     ap.add_argument("--search-seed", type=int, default=1000, help="the seed of the searches (outside the study)")
-    ap.add_argument("--jobs", type=int, default=1, help="runs at once, each a process on one thread")
+    ap.add_argument("--jobs", type=int, default=1, help="jobs at once, each a process on one thread")
+    ap.add_argument("--ensemble", type=int, default=1, metavar="E", help="train up to E seeds of a task and arm "
+                    "as one ensemble (bimt_ensemble: each the run it would be alone, E times cheaper per step on the "
+                    "small networks); default 1, a run per seed")
     ap.add_argument("--resume", action="store_true", help="skip the runs already in the CSV")
     ap.add_argument("--summary", action="store_true", help="only rewrite the summary from the CSV")
     ap.add_argument("--export", action="store_true", help="only write the seed-0 networks of the trained weights "
@@ -660,16 +697,19 @@ def main(argv=None) -> None:
                  for t in dict.fromkeys(k[0] for k in todo if k[1] in ("l1_matched", "wd"))}
         for t, v in tuned.items():
             print(f"{t}: l1_matched lambda factor {v['lam_factor']:.3g}, wd weight decay {v['weight_decay']:g}")
-        jobs = [dict(task=t, arm=a, seed=s, scale=scale, models=str(models), commit=commit, n_null=args.n_null,
-                     acdc_max=args.acdc_max, **tuned.get(t, {})) for t, a, s in todo]
-        start = time.perf_counter()
+        jobs = [dict(task=t, arm=a, seeds=seeds, scale=scale, models=str(models), commit=commit,
+                     n_null=args.n_null, acdc_max=args.acdc_max, **tuned.get(t, {}))
+                for t, a, seeds in jobs_of(todo, args.ensemble)]
+        start, i = time.perf_counter(), 0
         with multiprocessing.get_context("spawn").Pool(args.jobs) if args.jobs > 1 else _Serial() as pool:
-            for i, row in enumerate(pool.imap_unordered(run_one, jobs), 1):
-                write_rows(args.out, [row], append=True, columns=COLUMNS)
-                print(f"[{i}/{len(jobs)}, {(time.perf_counter() - start) / 60:.1f} min] {row['task']} {row['arm']} "
-                      f"seed {row['seed']}: {row['perf_name']} {row['perf']}, learned {row['learned']}, "
-                      f"{row['connections']} connections, Q {row['q']} (z {row['q_z']}), EAP@0.9 "
-                      f"{row['eap_size_0.9']}, AUC {row['auc']}", flush=True)
+            for rows in pool.imap_unordered(run_seeds, jobs):
+                write_rows(args.out, rows, append=True, columns=COLUMNS)
+                for row in rows:
+                    i += 1
+                    print(f"[{i}/{len(todo)}, {(time.perf_counter() - start) / 60:.1f} min] {row['task']} "
+                          f"{row['arm']} seed {row['seed']}: {row['perf_name']} {row['perf']}, learned "
+                          f"{row['learned']}, {row['connections']} connections, Q {row['q']} (z {row['q_z']}), "
+                          f"EAP@0.9 {row['eap_size_0.9']}, AUC {row['auc']}", flush=True)
     rows = read_rows(args.out, COLUMNS)
     if not rows:
         sys.exit(f"{args.out}: no runs to summarise")

@@ -146,6 +146,35 @@ def test_the_study_runs_resumes_and_summarises(tmp_path, capsys):
     assert "| bimt |" in text and "| lam0 | modularity Q |" in text and "| l1 - l1_local |" not in text
 
 
+def test_an_ensemble_of_seeds_gives_the_rows_of_their_single_runs(tmp_path, monkeypatch):
+    # --ensemble 2 over seeds 0-2: seeds 0 and 1 of each arm train as one ensemble, seed 2 alone (bc.train)
+    common = ["--fast", "--tasks", "independence", "--arms", "bimt", "l1_swap", "--seeds", "0-2", "--n-null", "3"]
+    lvs.main(common + ["--out", str(tmp_path / "single.csv")])
+    stacked, train_ensemble = [], lvs.be.train_ensemble
+    monkeypatch.setattr(lvs.be, "train_ensemble", lambda models, *a, **k: stacked.append(len(models)) or
+                        train_ensemble(models, *a, **k))
+    lvs.main(common + ["--out", str(tmp_path / "ensemble.csv"), "--ensemble", "2"])
+    assert stacked == [2, 2]
+    timing = {"train_seconds", "eap_seconds", "acdc_seconds"}
+
+    def table(name):
+        return sorted(({k: v for k, v in r.items() if k not in timing} for r in rows(tmp_path / name)),
+                      key=lambda r: (r["arm"], r["seed"]))
+
+    single = table("single.csv")
+    assert [(r["arm"], r["seed"]) for r in single] == [(a, s) for a in ("bimt", "l1_swap") for s in "012"]
+    assert all(int(r["swaps"]) > 0 for r in single)  # the members swap, each its own way
+    assert table("ensemble.csv") == single
+
+
+def test_the_seeds_of_a_task_and_arm_are_grouped_into_ensembles_in_the_order_of_the_runs():
+    todo = [("t", a, s) for s in range(5) for a in ("x", "y")]
+    assert lvs.jobs_of(todo, 1) == [("t", a, [s]) for s in range(5) for a in ("x", "y")]
+    assert lvs.jobs_of(todo, 2) == [("t", "x", [0, 1]), ("t", "y", [0, 1]), ("t", "x", [2, 3]), ("t", "y", [2, 3]),
+                                    ("t", "x", [4]), ("t", "y", [4])]
+    assert lvs.jobs_of(todo[1:], 10) == [("t", "y", [0, 1, 2, 3, 4]), ("t", "x", [1, 2, 3, 4])]
+
+
 def test_a_csv_of_another_study_is_refused(tmp_path):
     path = tmp_path / "other.csv"
     path.write_text("task,arm,seed\n")

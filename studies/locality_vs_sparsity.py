@@ -332,10 +332,12 @@ def run_seeds(job: dict) -> list[dict]:
 def jobs_of(todo: list[tuple], ensemble: int) -> list[tuple]:
     """The (task, arm, seeds) jobs of the (task, arm, seed) runs to do: one seed each, or, with ensemble > 1, the
     seeds of a task and arm in groups of at most `ensemble`, trained at once; in the order of their first run."""
+    if ensemble < 1:
+        raise ValueError(f"an ensemble has at least 1 member, got {ensemble}")
     groups = {}
     for t, a, s in todo:
         groups.setdefault((t, a), []).append(s)
-    size = max(ensemble, 1)
+    size = ensemble
     return sorted(((t, a, seeds[i:i + size]) for (t, a), seeds in groups.items() for i in range(0, len(seeds), size)),
                   key=lambda job: todo.index((job[0], job[1], job[2][0])))
 
@@ -657,8 +659,8 @@ def main(argv=None) -> None:
     ap.add_argument("--search-seed", type=int, default=1000, help="the seed of the searches (outside the study)")
     ap.add_argument("--jobs", type=int, default=1, help="jobs at once, each a process on one thread")
     ap.add_argument("--ensemble", type=int, default=1, metavar="E", help="train up to E seeds of a task and arm "
-                    "as one ensemble (bimt_ensemble: each the run it would be alone, E times cheaper per step on the "
-                    "small networks); default 1, a run per seed")
+                    "as one ensemble (bimt_ensemble: each the run it would be alone, in one batched step; the speed-up "
+                    "depends on the network, docs/performance.md); default 1, a run per seed")
     ap.add_argument("--resume", action="store_true", help="skip the runs already in the CSV")
     ap.add_argument("--summary", action="store_true", help="only rewrite the summary from the CSV")
     ap.add_argument("--export", action="store_true", help="only write the seed-0 networks of the trained weights "
@@ -669,6 +671,9 @@ def main(argv=None) -> None:
     ap.add_argument("--fast", action="store_true", help="1/100 of the steps (development only): files end in _fast")
     ap.add_argument("--out", type=Path, help="the CSV (default results/locality_vs_sparsity.csv)")
     args = ap.parse_args(argv)
+    for name in ("jobs", "ensemble"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     try:
         args.seeds = parse_seeds(args.seeds)
     except argparse.ArgumentTypeError as e:

@@ -175,6 +175,16 @@ def test_the_seeds_of_a_task_and_arm_are_grouped_into_ensembles_in_the_order_of_
     assert lvs.jobs_of(todo[1:], 10) == [("t", "y", [0, 1, 2, 3, 4]), ("t", "x", [1, 2, 3, 4])]
 
 
+@pytest.mark.parametrize("flag", ["--ensemble", "--jobs"])
+def test_fewer_than_one_member_or_process_is_refused_by_name(flag, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        lvs.main(["--fast", "--out", str(tmp_path / "x.csv"), flag, "0"])
+    assert f"{flag} must be at least 1, got 0" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="at least 1 member, got 0"):
+        lvs.jobs_of([("t", "x", 0)], 0)
+    assert not (tmp_path / "x.csv").exists()
+
+
 def test_a_csv_of_another_study_is_refused(tmp_path):
     path = tmp_path / "other.csv"
     path.write_text("task,arm,seed\n")

@@ -638,7 +638,8 @@ def weight_graph(model: nn.Module, threshold: float = 0.0, graph: bc.Graph | Non
 class Modularity:
     """Newman modularity of a network's |W| graph (see `modularity`). communities: the Louvain communities of the
     connected neurons, each a sorted list of (row index, unit), largest first (isolated neurons, which leave Q
-    unchanged, are left out); null_q: Q of each shuffled network; z = (q - null_mean) / null_std (ddof 1)."""
+    unchanged, are left out); null_q: Q of each shuffled network; z: `z_score(q, null_mean, null_std)`, NaN where
+    every shuffled network gives the same Q."""
     q: float
     communities: list
     null_mean: float
@@ -649,8 +650,18 @@ class Modularity:
     seed: int
 
     def __str__(self):
+        z = f"z = {self.z:.1f}" if math.isfinite(self.z) else "z undefined (every draw gives the same Q)"
         return (f"Q {self.q:.3f} ({len(self.communities)} communities); shuffled within layers {self.null_mean:.3f} "
-                f"+- {self.null_std:.3f} over {len(self.null_q)} draws: z = {self.z:.1f}")
+                f"+- {self.null_std:.3f} over {len(self.null_q)} draws: {z}")
+
+NULL_STD_FLOOR = 1e-9  # Q lies in [-1/2, 1]; shuffles whose Q differ by less differ by float rounding alone
+
+
+def z_score(q: float, null_mean: float, null_std: float) -> float:
+    """(q - null_mean) / null_std, or NaN when null_std <= NULL_STD_FLOOR: when every shuffled network gives the
+    same Q (Louvain finds the same partition of each, as for some dense networks), the null has no spread, and a
+    z of 1e14 (a difference over a rounding error) or inf would say nothing about how unusual q is."""
+    return (q - null_mean) / null_std if null_std > NULL_STD_FLOOR else math.nan
 
 def _louvain(g, seed: int) -> tuple:
     """(Q, communities) of the seeded Louvain partition of g (weights 'weight', resolution 1)."""
@@ -680,9 +691,8 @@ def modularity(model: nn.Module, threshold: float = 0.0, n_null: int = 20, seed:
     mean, std = float(np.mean(null)), float(np.std(null, ddof=1))
     comms = sorted((sorted(c) for c in comms if len(c) > 1 or g.degree(next(iter(c)), weight="weight") > 0),
                    key=lambda c: (-len(c), c))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        z = float(np.divide(q - mean, std))  # +-inf (or NaN) when every shuffle gives the same Q
-    return Modularity(float(q), comms, mean, std, z, [float(v) for v in null], threshold, seed)
+    return Modularity(float(q), comms, mean, std, z_score(float(q), mean, std), [float(v) for v in null], threshold,
+                      seed)
 
 @dataclass
 class CircuitCurve:

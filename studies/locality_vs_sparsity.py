@@ -515,17 +515,28 @@ QUANTITIES = [  # (column, label, format, which direction is better for bimt or 
 DIFFERENCES = ("q", "eap_size_0.9", "eap_size_0.99", "auc")
 
 
+def value(row: dict, column: str) -> float:
+    """A row's number in `column`; q_z is recomputed from q and its null by `bs.z_score`, so that rows written
+    before z had its rule for a null without spread (inf, or 1e14 over a rounding error) read as NaN too."""
+    if column == "q_z":
+        return bs.z_score(float(row["q"]), float(row["q_null_mean"]), float(row["q_null_std"]))
+    return float(row[column])
+
+
 def values(rows: list[dict], task: str, arm: str, column: str, learned_only: bool = True) -> dict:
     """{seed: value} of a column for one task and arm (runs that learned the task only, by default)."""
-    return {int(r["seed"]): float(r[column]) for r in rows if r["task"] == task and r["arm"] == arm and r[column]
+    return {int(r["seed"]): value(r, column) for r in rows if r["task"] == task and r["arm"] == arm and r[column]
             and (r["learned"] == "True" or not learned_only)}
 
 
 def spread(vals, fmt: str) -> str:
-    if not vals:
-        return "-"
-    v = list(vals)
-    return f"{np.mean(v):{fmt}} [{min(v):{fmt}}, {max(v):{fmt}}]" if len(v) > 1 else f"{v[0]:{fmt}}"
+    """mean [min, max] of the finite values, and how many were undefined (NaN: a z without a null spread)."""
+    vals = list(vals)
+    v = [x for x in vals if math.isfinite(x)]
+    undefined = f" ({len(vals) - len(v)} undefined)" if len(v) < len(vals) else ""
+    if not v:
+        return "-" + undefined
+    return (f"{np.mean(v):{fmt}} [{min(v):{fmt}}, {max(v):{fmt}}]" if len(v) > 1 else f"{v[0]:{fmt}}") + undefined
 
 
 def diff_cell(d: bs.PairedDifference | None, fmt: str) -> str:

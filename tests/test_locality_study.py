@@ -216,6 +216,22 @@ def test_the_summary_says_which_differences_the_intervals_support():
     assert line.endswith("wd uses (no wd run in the study yet).")  # a partial study: no wd rows to read it from
 
 
+def test_the_summary_recomputes_z_and_counts_the_undefined_ones():
+    def row(seed, q, mean, std, z):  # z as the CSV holds it: from before the rule, or after
+        return {c: "1" for c in lvs.COLUMNS} | dict(
+            task="incontext", arm="wd", seed=str(seed), perf_name="test_r2", learned="True", q=str(q),
+            q_null_mean=str(mean), q_null_std=str(std), q_z=z, commit="abc", steps="20000")
+
+    rows = [row(0, 0.545, 0.543, 0.0, "inf"), row(1, 0.561, 0.541, 1.4e-16, "1.3e+14"),
+            row(2, 0.55, 0.54, 0.002, "5"), row(3, 0.53, 0.54, 0.001, "-10"), row(4, 0.5, 0.5, 0.0, "nan")]
+    z = lvs.values(rows, "incontext", "wd", "q_z")
+    assert [s for s, v in z.items() if math.isnan(v)] == [0, 1, 4]
+    assert z[2] == pytest.approx(5.0) and z[3] == pytest.approx(-10.0)
+    assert lvs.spread(z.values(), ".1f") == "-2.5 [-10.0, 5.0] (3 undefined)"
+    assert lvs.spread([math.nan], ".1f") == "- (1 undefined)" and lvs.spread([], ".1f") == "-"
+    assert "| wd | 5/5 [0.57, 1.00] |" in lvs.summary(rows, []) and "inf" not in lvs.summary(rows, [])
+
+
 def test_the_summary_says_whether_q_follows_the_connections_within_plain_l1():
     def row(arm, seed, connections, q):
         return {c: "1" for c in lvs.COLUMNS} | dict(

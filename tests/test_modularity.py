@@ -6,6 +6,8 @@ network whose weights are already in random places (a fresh initialisation: what
 null; a single linear layer, where each connection's effect on the metric is exactly its weight, so that the
 faithfulness of every top-k circuit is a cumulative sum counted by hand.
 """
+import math
+
 import networkx as nx
 import numpy as np
 import pytest
@@ -116,6 +118,24 @@ def test_planted_blocks_are_found_and_far_above_the_null():
     assert r.q == pytest.approx(0.75, abs=0.01)  # four blocks of nearly equal weight: 1 - 4 (1/4)^2
     assert r.null_mean < 0.35
     assert r.z > 20
+
+
+def test_a_null_without_spread_gives_no_z():
+    # every weight of a layer equal: each shuffle is the network itself, so every draw gives the same Q
+    model = bc.BioMLP([4, 6, 3], generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for k, lin in enumerate(model.linears):
+            lin.weight.fill_(0.5 + k)
+    r = bs.modularity(model, n_null=5)
+    assert len(set(r.null_q)) == 1 and r.null_std == 0 and r.q == r.null_mean
+    assert math.isnan(r.z) and "z undefined (every draw gives the same Q)" in str(r)
+
+
+def test_z_is_undefined_below_the_floor_of_float_rounding_only():
+    # transformer runs gave null std 1.1e-16 with Q 0.014 above the null mean: z 1.3e14 before this rule
+    assert math.isnan(bs.z_score(0.5753, 0.5608, 1.14e-16)) and math.isnan(bs.z_score(0.5, 0.5, 0.0))
+    assert bs.z_score(0.5753, 0.5608, 1e-5) == pytest.approx(1450.0)
+    assert bs.z_score(0.2, 0.3, 0.05) == pytest.approx(-2.0)
 
 
 def test_same_seed_same_numbers_other_seed_other_null():

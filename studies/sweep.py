@@ -21,9 +21,9 @@ no claim, or another procedure than it was given, counts as failed.
 With --ensemble, a notebook runs once per procedure with all the seeds of --seeds (SEEDS=[...]: trained as one
 ensemble, bimt_ensemble.train_seeds), and the authors' seed alone as before. The run's claims are split by the
 seed they carry, so the CSV gets the same rows as the per-seed sweep, each seed's seconds being the run's time over
-its number of seeds; a run that fails fails every seed of it. One exception: a notebook compares with the authors'
-code for its first seed only, so a later seed equal to the authors' one lacks those rows (the authors'-seed run has
-them). The notebook's parameters cell must also set SEEDS.
+its number of seeds; a run that fails fails every seed of it. A seed equal to the authors' one is compared with the
+authors' code wherever it falls in SEEDS, as in its per-seed run. The notebook's parameters cell must also set
+SEEDS.
 
 Why papermill rather than bare nbclient: a sweep needs parameters, and papermill (2.7.0, in requirements.txt)
 is nbclient plus exactly that: it injects the values after the cell tagged `parameters`, so a notebook keeps its

@@ -30,8 +30,8 @@ import bimt_core as bc
 __all__ = ["network_graph", "surviving", "active_neurons", "Module", "find_modules", "reach_matrices",
            "NetworkReport", "analyze", "embedding_modules", "Pruned", "prune", "restore", "intervene",
            "edge_attribution", "circuit_faithfulness", "Circuit", "discover_circuit", "compact", "Planted",
-           "planted_mlp", "roc_auc", "Roc", "roc_curve", "weight_graph", "Modularity", "NULL_STD_FLOOR", "z_score", "modularity",
-           "CircuitCurve", "circuit_curve", "plot_network", "plot_network_3d", "snapshot_recorder",
+           "planted_mlp", "roc_auc", "Roc", "roc_curve", "weight_graph", "Modularity", "NULL_STD_FLOOR", "z_score",
+           "modularity", "CircuitCurve", "circuit_curve", "plot_network", "plot_network_3d", "snapshot_recorder",
            "draw_snapshot", "save_gif", "threshold_view", "threshold_explorer", "Claims", "record_members",
            "seed_table", "figures_dir", "Interval", "wilson", "bootstrap_ci", "sign_test", "MIN_PAIRS",
            "PairedDifference", "paired", "verdict", "Rate", "ClaimRate", "claim_tally", "claim_rates"]
